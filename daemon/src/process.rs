@@ -1,0 +1,93 @@
+//! Process hygiene for daemons: closing what was inherited, detaching from the spawner, and
+//! telling the spawner how start-up went (see [`drtrace_proto::startup`]).
+#![allow(unsafe_code)]
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+
+use drtrace_proto::startup::Readiness;
+use nix::unistd::ForkResult;
+
+/// Closes every descriptor above standard error that this process inherited.
+///
+/// A spawner written in C may leak descriptors (sockets, pipes, other users' files) into
+/// us; a daemon that lives for days must not keep them open (Firecracker's jailer does the
+/// same before serving).
+///
+/// # Safety
+///
+/// Must be called before anything in this process owns a descriptor above 2 (first thing in
+/// `main`): those descriptors are closed under their owners.
+pub unsafe fn close_inherited_fds() {
+    // SAFETY: close_range only closes descriptors; the caller guarantees that nothing in this
+    // process owns one above 2 yet, so no owner is left with a dangling descriptor.
+    let rc = unsafe { libc::close_range(3, u32::MAX, 0) };
+    if rc != 0 {
+        log::warn!(
+            "cannot close inherited descriptors: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Which side of [`detach`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detached {
+    /// The original process: it should exit with success at once.
+    Parent,
+    /// The daemon: in a new session, cwd `/`, stdin on `/dev/null`; stdout is still the
+    /// spawner's pipe, for the readiness line.
+    Daemon,
+}
+
+/// Forks into the background.
+///
+/// The spawner (e.g. the CLI) waits for the original process, which exits at once, and then
+/// reads the daemon's readiness line from the pipe both share as stdout. The daemon is
+/// adopted by init, so no spawner is left with a zombie to reap.
+///
+/// # Safety
+///
+/// No other thread may exist in the process: after `fork` only the calling thread survives,
+/// and locks held by others would stay locked forever in the child.
+pub unsafe fn detach() -> io::Result<Detached> {
+    // SAFETY: the caller guarantees the process is single-threaded, so the child inherits no
+    // lock held by a vanished thread and may run arbitrary code.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { .. } => Ok(Detached::Parent),
+        ForkResult::Child => {
+            nix::unistd::setsid()?;
+            std::env::set_current_dir("/")?;
+            let null = OpenOptions::new().read(true).open("/dev/null")?;
+            nix::unistd::dup2_stdin(&null)?;
+            Ok(Detached::Daemon)
+        }
+    }
+}
+
+/// Writes the readiness line to stdout once, then points stdout (and stderr when
+/// `quiet_stderr`) at `/dev/null` so that nothing written later can fail on a closed pipe.
+pub fn report_readiness(readiness: &Readiness, quiet_stderr: bool) {
+    let mut out = io::stdout().lock();
+    // The spawner may have given up and closed the pipe; there is nobody left to tell.
+    let _ = out.write_all(readiness.to_line().as_bytes());
+    let _ = out.flush();
+    drop(out);
+    if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        if quiet_stderr {
+            let _ = nix::unistd::dup2_stderr(&null);
+        }
+    }
+}
+
+/// Makes any panic log its message and abort: a daemon must not limp on with broken state,
+/// and abort leaves a core for the developer (Firecracker builds its daemons with
+/// `panic = "abort"`; a hook gives the same behaviour without a workspace-wide profile).
+pub fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("panic: {info}");
+        eprintln!("fatal: {info}");
+        std::process::abort();
+    }));
+}

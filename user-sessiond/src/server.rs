@@ -1,0 +1,259 @@
+//! The event loop: accepting peers, greeting them, and serving each role.
+//!
+//! Every connection is its own task on a single-threaded smol executor; the registry is
+//! touched only between awaits, so no lock is needed and no borrow spans a suspension.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use drtrace_daemon::instance::Instance;
+use drtrace_daemon::signals::TerminationSignals;
+use drtrace_proto::control::{ControlReply, ControlRequest};
+use drtrace_proto::creds::{UidName, peer_credentials};
+use drtrace_proto::error::{ErrorCode, WireError};
+use drtrace_proto::frame::FrameError;
+use drtrace_proto::hello::{DaemonInfo, Hello, HelloReply, Role};
+use smol::{Async, LocalExecutor, Timer};
+
+use crate::control;
+use crate::registry::Registry;
+
+/// Time a new peer has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// A control client idle for this long is disconnected.
+const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most connections served at once; more are closed on accept, so a runaway or hostile
+/// client of the same user cannot exhaust the daemon's descriptors.
+const MAX_CONNECTIONS: usize = 512;
+
+/// Everything the connection tasks share.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    pub(crate) info: DaemonInfo,
+    pub(crate) uid: u32,
+    pub(crate) socket: PathBuf,
+    pub(crate) log_file: Option<PathBuf>,
+    pub(crate) started: Instant,
+    pub(crate) registry: RefCell<Registry>,
+    connections: Cell<usize>,
+    shutdown: smol::channel::Sender<()>,
+}
+
+impl Daemon {
+    /// Asks the loop to shut down (idempotent).
+    pub(crate) fn request_shutdown(&self) {
+        let _ = self.shutdown.try_send(());
+    }
+}
+
+/// Serves `listener` until a termination signal or a stop request, then destroys every
+/// session (flushing their traces).
+pub(crate) fn run(
+    info: DaemonInfo,
+    socket: PathBuf,
+    log_file: Option<PathBuf>,
+    user_name: String,
+    mut instance: Instance,
+    signals: TerminationSignals,
+) -> std::io::Result<()> {
+    let listener = instance
+        .take_listener()
+        .ok_or_else(|| std::io::Error::other("the listener was already taken"))?;
+    let (shutdown_tx, shutdown_rx) = smol::channel::bounded(1);
+    let daemon = Rc::new(Daemon {
+        uid: info.uid,
+        info,
+        socket,
+        log_file,
+        started: Instant::now(),
+        registry: RefCell::new(Registry::new(user_name)),
+        connections: Cell::new(0),
+        shutdown: shutdown_tx,
+    });
+    let ex = Rc::new(LocalExecutor::new());
+    let listener = Async::new(listener)?;
+    let signals = Async::new(signals)?;
+    smol::block_on(ex.run(serve(
+        Rc::clone(&ex),
+        Rc::clone(&daemon),
+        listener,
+        signals,
+        shutdown_rx,
+    )))?;
+    smol::block_on(ex.run(control::destroy_all(&daemon)));
+    // The socket and lock go before any connection closes: a client waiting for our exit
+    // (daemon stop) must find the socket gone once it sees its connection close.
+    drop(instance);
+    drop(ex);
+    Ok(())
+}
+
+enum Wake {
+    Accepted(std::io::Result<Async<UnixStream>>),
+    Signal,
+    Shutdown,
+}
+
+async fn serve(
+    ex: Rc<LocalExecutor<'static>>,
+    daemon: Rc<Daemon>,
+    listener: Async<UnixListener>,
+    signals: Async<TerminationSignals>,
+    shutdown: smol::channel::Receiver<()>,
+) -> std::io::Result<()> {
+    loop {
+        let wake = smol::future::or(
+            async { Wake::Accepted(listener.accept().await.map(|(s, _)| s)) },
+            smol::future::or(
+                async {
+                    let _ = signals.readable().await;
+                    Wake::Signal
+                },
+                async {
+                    let _ = shutdown.recv().await;
+                    Wake::Shutdown
+                },
+            ),
+        )
+        .await;
+        match wake {
+            Wake::Accepted(Ok(stream)) => {
+                if daemon.connections.get() >= MAX_CONNECTIONS {
+                    log::warn!("refusing a connection: {MAX_CONNECTIONS} already open");
+                    continue;
+                }
+                daemon.connections.set(daemon.connections.get() + 1);
+                let d = Rc::clone(&daemon);
+                ex.spawn(async move {
+                    serve_peer(&d, stream).await;
+                    d.connections.set(d.connections.get().saturating_sub(1));
+                })
+                .detach();
+            }
+            Wake::Accepted(Err(e)) => {
+                log::warn!("accept failed: {e}");
+                // Out of descriptors or memory: give in-flight work a moment to release some
+                // instead of spinning on an accept that keeps failing.
+                Timer::after(Duration::from_millis(50)).await;
+            }
+            Wake::Signal => match signals.get_ref().read() {
+                Ok(Some(sig)) if TerminationSignals::terminates(sig) => {
+                    log::info!("received {sig}, shutting down");
+                    return Ok(());
+                }
+                Ok(Some(sig)) => log::info!("ignoring {sig}"),
+                Ok(None) => {}
+                Err(e) => log::warn!("cannot read signals: {e}"),
+            },
+            Wake::Shutdown => {
+                log::info!("stop requested, shutting down");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn refuse(conn: &crate::conn::Conn, code: ErrorCode, message: String) {
+    log::warn!(
+        "refused pid {} uid {}: {message}",
+        conn.cred.pid,
+        conn.cred.uid
+    );
+    let _ = conn
+        .send(&HelloReply::Refused(WireError::new(code, message)), &[])
+        .await;
+}
+
+async fn serve_peer(daemon: &Rc<Daemon>, stream: Async<UnixStream>) {
+    let cred = match peer_credentials(stream.get_ref().as_fd()) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("cannot read peer credentials: {e}");
+            return;
+        }
+    };
+    let mut conn = crate::conn::Conn::new(stream, cred);
+    if conn.cred.uid != daemon.uid && conn.cred.uid != 0 {
+        let msg = format!(
+            "{} may not use the session daemon of {}; each user has their own",
+            UidName(conn.cred.uid),
+            UidName(daemon.uid)
+        );
+        refuse(&conn, ErrorCode::PermissionDenied, msg).await;
+        return;
+    }
+    let hello: Hello = match conn.recv(Some(HELLO_TIMEOUT)).await {
+        Ok((hello, _fds)) => hello,
+        Err(e) => {
+            reject_bad_input(&conn, "hello", e).await;
+            return;
+        }
+    };
+    if let Err(e) = hello.check_compatible() {
+        refuse(&conn, e.code, e.message).await;
+        return;
+    }
+    match hello.role {
+        Role::Control => {
+            if conn
+                .send(&HelloReply::Welcome(daemon.info.clone()), &[])
+                .await
+                .is_ok()
+            {
+                control_loop(daemon, conn).await;
+            }
+        }
+        role => {
+            let msg = format!("the session daemon does not serve {role:?} connections yet");
+            refuse(&conn, ErrorCode::Unsupported, msg.to_lowercase()).await;
+        }
+    }
+}
+
+/// Answers unreadable input with an error (when the peer can still hear it) and logs it.
+async fn reject_bad_input(conn: &crate::conn::Conn, what: &str, e: FrameError) {
+    let (pid, uid) = (conn.cred.pid, conn.cred.uid);
+    match e {
+        e if e.is_disconnect() => log::debug!("pid {pid} left before its {what}"),
+        FrameError::TimedOut(after) => {
+            log::info!("pid {pid} uid {uid}: no complete {what} within {after:?}, closing");
+        }
+        e => {
+            log::warn!("pid {pid} uid {uid}: bad {what}: {e}");
+            let reply = WireError::new(ErrorCode::BadRequest, format!("bad {what}: {e}"));
+            let _ = if what == "hello" {
+                conn.send(&HelloReply::Refused(reply), &[]).await
+            } else {
+                conn.send(&ControlReply::Error(reply), &[]).await
+            };
+        }
+    }
+}
+
+async fn control_loop(daemon: &Rc<Daemon>, mut conn: crate::conn::Conn) {
+    loop {
+        let request: ControlRequest = match conn.recv(Some(CONTROL_IDLE_TIMEOUT)).await {
+            Ok((req, _fds)) => req,
+            Err(e) => {
+                reject_bad_input(&conn, "request", e).await;
+                return;
+            }
+        };
+        log::debug!("pid {}: {request:?}", conn.cred.pid);
+        let stop = request == ControlRequest::StopDaemon;
+        let reply = control::handle(daemon, request).await;
+        if conn.send(&reply, &[]).await.is_err() {
+            return;
+        }
+        if stop {
+            daemon.request_shutdown();
+            // Keep the connection open: the client sees it close only when the process
+            // exits, after the socket is gone, so "daemon stop" returns once it is over.
+            std::future::pending::<()>().await;
+        }
+    }
+}
