@@ -183,6 +183,39 @@ pub struct SessionInfo {
     pub created_unix_ms: u64,
     /// Its channels.
     pub channels: Vec<ChannelInfo>,
+    /// What has been recorded, as of the last stop (absent before the first stop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<TraceStats>,
+}
+
+/// What a session has recorded, summed over its streams.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceStats {
+    /// Events written to the trace.
+    pub events_recorded: u64,
+    /// Events lost (buffers full, overwritten, or lost with a dead writer), all counted in
+    /// the trace's `events_discarded`.
+    pub events_discarded: u64,
+    /// Bytes of stream files written.
+    pub bytes_written: u64,
+    /// Number of stream files.
+    pub streams: u32,
+    /// Problems that left part of the trace incomplete (one line each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// A registered application, for `drtrace list -u`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    /// Process id.
+    pub pid: i32,
+    /// User id.
+    pub uid: u32,
+    /// Process name.
+    pub procname: String,
+    /// Its events.
+    pub events: Vec<crate::event::EventDescription>,
 }
 
 /// The daemon's view of itself, for `drtrace status` and `drtrace daemon status`.
@@ -287,6 +320,8 @@ pub enum ControlRequest {
         /// Patterns of the rules to disable, exactly as they were enabled.
         patterns: Vec<String>,
     },
+    /// Registered applications and their events; answered with [`ControlReply::Apps`].
+    ListApps,
     /// Asks the daemon to exit; answered with [`ControlReply::Ok`], then the daemon destroys
     /// its sessions (flushing their traces), removes its socket and exits.
     StopDaemon,
@@ -308,6 +343,8 @@ pub enum ControlReply {
     Sessions(Vec<SessionInfo>),
     /// The sessions that were destroyed, as they were just before.
     Destroyed(Vec<SessionInfo>),
+    /// Registered applications.
+    Apps(Vec<AppInfo>),
     /// The request failed.
     Error(WireError),
 }
@@ -322,6 +359,7 @@ impl ControlReply {
             ControlReply::Session(_) => "session",
             ControlReply::Sessions(_) => "sessions",
             ControlReply::Destroyed(_) => "destroyed",
+            ControlReply::Apps(_) => "apps",
             ControlReply::Error(_) => "error",
         }
     }

@@ -9,6 +9,8 @@
 //!   size cap checked before anything is allocated.
 //! - [`hello`]: the versioned greeting that opens every connection.
 //! - [`control`]: requests from control clients (the CLI) and their replies.
+//! - [`app`]: the in-process library's registration and the commands daemons send it.
+//! - [`consumer`]: session daemon ↔ consumer daemon.
 //! - [`event`]: descriptions of tracepoints (fields, types, log levels).
 //! - [`creds`]: peer credentials (SO_PEERCRED, SO_PEERGROUPS) and socket ownership checks.
 //! - [`paths`]: where sockets, traces and logs live, with their environment overrides.
@@ -30,7 +32,9 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod client;
+pub mod consumer;
 pub mod control;
 pub mod creds;
 pub mod error;

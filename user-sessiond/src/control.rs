@@ -107,6 +107,7 @@ fn handle_registry(daemon: &Daemon, request: ControlRequest) -> ControlReply {
                 .and_then(|n| reg.info(&n)),
         ),
         ControlRequest::StopDaemon => ControlReply::Ok,
+        ControlRequest::ListApps => ControlReply::Apps(Vec::new()),
         ControlRequest::DestroySession { .. } => ControlReply::Error(WireError::new(
             drtrace_proto::error::ErrorCode::Internal,
             "destroy reached the registry-only path",

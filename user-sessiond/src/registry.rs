@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use drtrace_proto::control::{
     ChannelConfig, ChannelInfo, CreateSession, DEFAULT_CHANNEL, Domain, EventRule, EventRuleInfo,
-    OutputLocation, SessionInfo, SessionState,
+    OutputLocation, SessionInfo, SessionState, TraceStats,
 };
 use drtrace_proto::error::{ErrorCode, WireError};
 use drtrace_proto::names::{check_event_pattern, check_name};
@@ -50,6 +50,7 @@ pub(crate) struct Session {
     pub(crate) ever_started: bool,
     pub(crate) created_unix_ms: u64,
     pub(crate) channels: Vec<Channel>,
+    pub(crate) stats: Option<TraceStats>,
 }
 
 impl Session {
@@ -70,6 +71,7 @@ impl Session {
                     events: c.rules.clone(),
                 })
                 .collect(),
+            stats: self.stats.clone(),
         }
     }
 
@@ -196,6 +198,7 @@ impl Registry {
             ever_started: false,
             created_unix_ms,
             channels: Vec::new(),
+            stats: None,
         });
         self.current = Some(name.clone());
         self.info(&name)
