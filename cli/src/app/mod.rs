@@ -1,0 +1,493 @@
+//! The `drtrace` commands: each turns its arguments into one or two control requests and
+//! prints the result, for people or (with `--json`) as one `{"type", "data"}` document.
+//!
+//! Errors become one line, `error: <message>`, and an exit status ([`AppError::exit_code`]):
+//! 1 for failures, 2 for usage errors. `daemon status` exits 3 when no daemon runs.
+
+mod output;
+
+use std::error::Error;
+use std::io::{self, Write};
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+
+use drtrace_proto::ErrorCode;
+use drtrace_proto::control::{
+    BufferMode, BufferOwnership, ChannelConfig, CreateSession, DEFAULT_CHANNEL, Domain, EventRule,
+    LogLevelFilter, OutputLocation, SessionTarget,
+};
+use drtrace_proto::paths::{UserInfo, trace_home};
+use thiserror::Error;
+
+use crate::cli::{Cli, Command, DaemonCommand, DomainArgs};
+use crate::client::{Client, ClientError, ConnectOptions};
+use output::Printer;
+
+/// Exit status of a usage error (the same as clap's).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status of `daemon status` when no daemon runs.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+/// Why a command failed.
+#[derive(Debug, Error)]
+pub enum AppError {
+    /// A control operation failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The daemon refused a request; the message is the daemon's, made actionable.
+    #[error("{0}")]
+    Daemon(String),
+    /// The arguments are not usable.
+    #[error("{0}")]
+    Usage(String),
+    /// A kernel-domain command.
+    #[error("kernel tracing (-k) is not available yet; use -u to trace userspace applications")]
+    KernelUnavailable,
+    /// The current directory is needed to make a path absolute.
+    #[error("cannot determine the current directory: {0}")]
+    CurrentDir(#[source] io::Error),
+    /// Printing the result failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[source] io::Error),
+}
+
+impl AppError {
+    /// The exit status for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            AppError::Usage(_) => ExitCode::from(EXIT_USAGE),
+            _ => ExitCode::FAILURE,
+        }
+    }
+
+    /// True if the output went to a closed pipe (`drtrace list | head -1`): not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, AppError::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// How a command that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did what was asked.
+    Success,
+    /// `daemon status` found no daemon.
+    DaemonNotRunning,
+}
+
+impl Outcome {
+    /// The exit status.
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Outcome::Success => ExitCode::SUCCESS,
+            Outcome::DaemonNotRunning => ExitCode::from(EXIT_NOT_RUNNING),
+        }
+    }
+}
+
+/// One line for an error and its causes, `outer: inner: innermost`, leaving out a cause
+/// whose text its parent already shows.
+pub fn error_line(err: &dyn Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line.replace(['\n', '\r'], " ")
+}
+
+/// Prints a clap outcome: help and version on stdout (status 0), a usage error as one line
+/// on stderr (status 2). Returns the exit status.
+pub fn report_clap_error(err: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            // A closed stdout is not worth failing `--help` over.
+            let _ = write!(io::stdout(), "{}", err.render());
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let _ = writeln!(io::stderr(), "error: {}", clap_one_line(err));
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// clap's message as one line: its first paragraph (the error, with any list of missing
+/// arguments), without the usage and tips, which `--help` shows in full.
+fn clap_one_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let command = usage_command(&rendered);
+    if err.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return format!("'{command}' needs a command; see '{command} --help'");
+    }
+    let first = rendered.split("\n\n").next().unwrap_or_default();
+    let joined = first
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = joined.strip_prefix("error: ").unwrap_or(&joined);
+    format!("{message}; see '{command} --help'")
+}
+
+/// The command path (`drtrace enable-event`) from the usage line of a rendered clap error.
+fn usage_command(rendered: &str) -> String {
+    let words: Vec<&str> = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .unwrap_or("drtrace")
+        .split_whitespace()
+        .take_while(|w| !w.starts_with(['[', '<', '-']))
+        .collect();
+    if words.is_empty() {
+        "drtrace".to_owned()
+    } else {
+        words.join(" ")
+    }
+}
+
+/// Makes `path` absolute against the current directory, dropping `.` components.
+fn absolute(path: &Path) -> Result<PathBuf, AppError> {
+    let joined = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map_err(AppError::CurrentDir)?
+            .join(path)
+    };
+    Ok(joined
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect())
+}
+
+fn domain(args: &DomainArgs) -> Result<Domain, AppError> {
+    if args.kernel {
+        return Err(AppError::KernelUnavailable);
+    }
+    if !args.userspace {
+        return Err(AppError::Usage(
+            "choose a tracer domain: -u (userspace applications)".to_owned(),
+        ));
+    }
+    Ok(Domain::User)
+}
+
+/// Turns a daemon's refusal into a message a user can act on.
+fn friendly(err: ClientError) -> AppError {
+    let ClientError::Daemon(wire) = err else {
+        return AppError::Client(err);
+    };
+    let msg = wire.message;
+    AppError::Daemon(match wire.code {
+        ErrorCode::NoCurrentSession if !msg.contains("drtrace create") => format!(
+            "{msg}; create one with 'drtrace create' or choose one with 'drtrace set-session NAME'"
+        ),
+        ErrorCode::VersionMismatch => format!(
+            "{msg}; the daemon comes from another drtrace release: restart it with 'drtrace daemon stop'"
+        ),
+        ErrorCode::PermissionDenied => format!("the daemon refused the request: {msg}"),
+        ErrorCode::Internal => format!("{msg} (an internal daemon error; its log has details)"),
+        _ => msg,
+    })
+}
+
+fn connect() -> Result<Client, AppError> {
+    let opts = ConnectOptions::from_env()?;
+    Ok(Client::connect_or_spawn(&opts)?)
+}
+
+/// Runs one parsed command, printing its result to `out`.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
+    let mut p = Printer::new(out, cli.json);
+    match &cli.command {
+        Command::Create(args) => {
+            let output = match &args.output {
+                Some(dir) => OutputLocation::Dir(absolute(dir)?),
+                None => {
+                    let user = UserInfo::current().map_err(ClientError::User)?;
+                    OutputLocation::Under(absolute(&trace_home(&user))?)
+                }
+            };
+            let client = connect()?;
+            let info = client
+                .create_session(CreateSession {
+                    name: args.name.clone(),
+                    output,
+                })
+                .map_err(friendly)?;
+            p.created(&info)?;
+        }
+        Command::Destroy(args) => {
+            let target = if args.all {
+                SessionTarget::All
+            } else {
+                args.name
+                    .clone()
+                    .map_or(SessionTarget::Current, SessionTarget::Named)
+            };
+            let list = connect()?.destroy_session(target).map_err(friendly)?;
+            p.destroyed(&list)?;
+        }
+        Command::List(args) => {
+            let client = connect()?;
+            match &args.name {
+                Some(name) => {
+                    p.session_details(&client.show_session(Some(name)).map_err(friendly)?)?
+                }
+                None => p.sessions(&client.list_sessions().map_err(friendly)?)?,
+            }
+        }
+        Command::Status => {
+            let status = connect()?.status().map_err(friendly)?;
+            p.status(&status)?;
+        }
+        Command::SetSession(args) => {
+            let info = connect()?.set_current(&args.name).map_err(friendly)?;
+            p.session_changed(&info, &format!("Session set to {}.", info.name))?;
+        }
+        Command::Start(args) => {
+            let info = connect()?
+                .start_session(args.name.as_deref())
+                .map_err(friendly)?;
+            p.session_changed(
+                &info,
+                &format!("Tracing started for session {}.", info.name),
+            )?;
+        }
+        Command::Stop(args) => {
+            let info = connect()?
+                .stop_session(args.name.as_deref())
+                .map_err(friendly)?;
+            p.session_changed(
+                &info,
+                &format!("Tracing stopped for session {}.", info.name),
+            )?;
+        }
+        Command::EnableChannel(args) => {
+            let domain = domain(&args.domain)?;
+            let mut channel = ChannelConfig::new(args.name.clone(), domain);
+            if let Some(size) = args.subbuf_size {
+                channel.subbuf_size = size;
+            }
+            if let Some(n) = args.num_subbuf {
+                channel.num_subbuf = n;
+            }
+            if args.overwrite {
+                channel.mode = BufferMode::Overwrite;
+            }
+            if args.buffers_pid {
+                channel.buffers = BufferOwnership::PerPid;
+            }
+            if let Some(ms) = args.switch_timer {
+                channel.switch_timer_ms = ms;
+            }
+            let info = connect()?
+                .enable_channel(args.session.session.as_deref(), channel)
+                .map_err(friendly)?;
+            let msg = format!(
+                "Channel {} enabled in session {} (userspace).",
+                args.name, info.name
+            );
+            p.session_changed(&info, &msg)?;
+        }
+        Command::DisableChannel(args) => {
+            let domain = domain(&args.domain)?;
+            let info = connect()?
+                .disable_channel(args.session.session.as_deref(), domain, &args.name)
+                .map_err(friendly)?;
+            let msg = format!(
+                "Channel {} disabled in session {} (userspace).",
+                args.name, info.name
+            );
+            p.session_changed(&info, &msg)?;
+        }
+        Command::EnableEvent(args) => {
+            let domain = domain(&args.domain)?;
+            let loglevel = match (args.loglevel, args.loglevel_only) {
+                (Some(l), _) => Some(LogLevelFilter::AtLeast(l)),
+                (None, Some(l)) => Some(LogLevelFilter::Exactly(l)),
+                (None, None) => None,
+            };
+            let mut patterns = args.names.clone();
+            if args.all && !patterns.iter().any(|p| p == "*") {
+                patterns.push("*".to_owned());
+            }
+            let rules = patterns
+                .iter()
+                .map(|pattern| EventRule {
+                    pattern: pattern.clone(),
+                    loglevel,
+                })
+                .collect();
+            let channel = args.channel.as_deref();
+            let info = connect()?
+                .enable_event(args.session.session.as_deref(), channel, domain, rules)
+                .map_err(friendly)?;
+            let msg = events_message("enabled", &patterns, channel, &info.name);
+            p.session_changed(&info, &msg)?;
+        }
+        Command::DisableEvent(args) => {
+            let domain = domain(&args.domain)?;
+            let client = connect()?;
+            let session = args.session.session.as_deref();
+            let channel = args.channel.as_deref();
+            let mut patterns = args.names.clone();
+            if args.all {
+                // The protocol disables rules by pattern: -a names every enabled rule of the
+                // channel as the daemon reports it.
+                let info = client.show_session(session).map_err(friendly)?;
+                let wanted = channel.unwrap_or(DEFAULT_CHANNEL);
+                let chan = info
+                    .channels
+                    .iter()
+                    .find(|c| c.config.name == wanted && c.config.domain == domain)
+                    .ok_or_else(|| {
+                        AppError::Daemon(format!(
+                            "session {} has no userspace channel named {wanted}",
+                            info.name
+                        ))
+                    })?;
+                for rule in chan.events.iter().filter(|e| e.enabled) {
+                    if !patterns.contains(&rule.rule.pattern) {
+                        patterns.push(rule.rule.pattern.clone());
+                    }
+                }
+                if patterns.is_empty() {
+                    let msg = format!(
+                        "No enabled event rule in channel {wanted} of session {}.",
+                        info.name
+                    );
+                    p.session_changed(&info, &msg)?;
+                    return Ok(Outcome::Success);
+                }
+            }
+            let info = client
+                .disable_event(session, channel, domain, patterns.clone())
+                .map_err(friendly)?;
+            let msg = events_message("disabled", &patterns, channel, &info.name);
+            p.session_changed(&info, &msg)?;
+        }
+        Command::Daemon(DaemonCommand::Status) => {
+            let opts = ConnectOptions::from_env()?;
+            match Client::connect(&opts) {
+                Err(e) if e.is_no_daemon() => {
+                    p.daemon_not_running(&opts.socket)?;
+                    return Ok(Outcome::DaemonNotRunning);
+                }
+                Err(e) => return Err(e.into()),
+                Ok(client) => p.daemon_status(&client.status().map_err(friendly)?)?,
+            }
+        }
+        Command::Daemon(DaemonCommand::Stop) => {
+            let opts = ConnectOptions::from_env()?;
+            match Client::connect(&opts) {
+                Err(e) if e.is_no_daemon() => p.daemon_stopped(None, &opts.socket)?,
+                Err(e) => return Err(e.into()),
+                Ok(client) => {
+                    let info = client.stop_daemon().map_err(friendly)?;
+                    p.daemon_stopped(Some(&info), &opts.socket)?;
+                }
+            }
+        }
+    }
+    p.finish()?;
+    Ok(Outcome::Success)
+}
+
+fn events_message(verb: &str, patterns: &[String], channel: Option<&str>, session: &str) -> String {
+    let list = patterns
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rules = if patterns.len() == 1 { "rule" } else { "rules" };
+    format!(
+        "Event {rules} {list} {verb} in channel {} of session {session} (userspace).",
+        channel.unwrap_or(DEFAULT_CHANNEL)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Error)]
+    #[error("outer: {0}")]
+    struct Repeats(#[source] io::Error);
+
+    #[derive(Debug, Error)]
+    #[error("outer")]
+    struct Chains(#[source] io::Error);
+
+    #[test]
+    fn error_lines_join_causes_once() {
+        let e = Repeats(io::Error::other("inner"));
+        assert_eq!(error_line(&e), "outer: inner");
+        let e = Chains(io::Error::other("inner\nmore"));
+        assert_eq!(error_line(&e), "outer: inner more");
+    }
+
+    #[test]
+    fn clap_errors_fit_on_one_line() {
+        use clap::Parser;
+        for args in [
+            &["drtrace", "--bogus"][..],
+            &["drtrace", "enable-event", "-u"],
+            &["drtrace"],
+            &[
+                "drtrace",
+                "enable-channel",
+                "-u",
+                "--subbuf-size",
+                "12x",
+                "c",
+            ],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            let line = clap_one_line(&err);
+            assert!(!line.contains('\n'), "{line}");
+            assert!(!line.starts_with("error"), "{line}");
+            assert!(line.len() > 30, "{line}");
+            assert!(line.contains("--help"), "{line}");
+        }
+        let err = Cli::try_parse_from(["drtrace", "enable-event", "-u"]).unwrap_err();
+        assert!(clap_one_line(&err).ends_with("see 'drtrace enable-event --help'"));
+        let err = Cli::try_parse_from(["drtrace", "daemon"]).unwrap_err();
+        assert_eq!(
+            clap_one_line(&err),
+            "'drtrace daemon' needs a command; see 'drtrace daemon --help'"
+        );
+    }
+
+    #[test]
+    fn paths_become_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(absolute(Path::new("./a/./b")).unwrap(), cwd.join("a/b"));
+        assert_eq!(
+            absolute(Path::new("/x/./y")).unwrap(),
+            PathBuf::from("/x/y")
+        );
+    }
+
+    #[test]
+    fn the_domain_is_required_and_kernel_is_refused() {
+        let none = DomainArgs {
+            userspace: false,
+            kernel: false,
+        };
+        assert!(matches!(domain(&none), Err(AppError::Usage(_))));
+        let kernel = DomainArgs {
+            userspace: false,
+            kernel: true,
+        };
+        assert!(matches!(domain(&kernel), Err(AppError::KernelUnavailable)));
+    }
+}

@@ -1,0 +1,359 @@
+//! The `drtrace` command line: argument definitions (clap derive) and their help texts.
+//!
+//! Parsing only checks shapes (a size is a size, a log level is a level); what the
+//! arguments mean is decided in [`crate::app`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use drtrace_proto::event::LogLevel;
+use drtrace_proto::names::check_event_pattern;
+
+use crate::size::parse_size;
+
+const ABOUT: &str = "Control drtrace tracing sessions";
+
+const LONG_ABOUT: &str = "\
+Control drtrace tracing sessions.
+
+Sessions live in your own session daemon, drtrace-sessiond, which any command that needs it
+starts when it is not running. The last session created (or chosen with set-session) is the
+current session: commands that take an optional session name act on it.
+
+A typical run:
+  drtrace create demo
+  drtrace enable-event -u 'myapp:*'
+  drtrace start
+  ./myapp
+  drtrace stop
+  drtrace destroy
+
+Environment:
+  DRTRACE_SESSIOND_SOCKET  the daemon's socket (default /tmp/ltt-sessiond-$USER)
+  DRTRACE_HOME             where traces go (default ~/drtrace-traces)
+  DRTRACE_SESSIOND_PATH    the drtrace-sessiond binary to start (default: beside drtrace,
+                           then on PATH)
+
+Exit status: 0 on success, 1 on failure, 2 on a usage error, 3 for `daemon status` when no
+daemon runs.";
+
+/// The `drtrace` command line.
+#[derive(Debug, Parser)]
+#[command(name = "drtrace", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// Print the result as one JSON document, {"type": ..., "data": ...}, on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a session and make it the current one.
+    #[command(
+        long_about = "\
+Create a tracing session and make it the current one.
+
+Without NAME the session is named <username>.<uuid>. Traces go to DIR with --output, else to
+$DRTRACE_HOME/NAME, else to ~/drtrace-traces/NAME. Nothing is ever overwritten: creation fails
+if NAME is taken or if the trace directory already exists.",
+        after_help = "Examples:\n  drtrace create\n  drtrace create demo\n  drtrace create demo --output /var/tmp/demo-trace"
+    )]
+    Create(CreateArgs),
+    /// Destroy a session (the current one by default) once its trace is complete.
+    #[command(
+        after_help = "Examples:\n  drtrace destroy\n  drtrace destroy demo\n  drtrace destroy --all"
+    )]
+    Destroy(DestroyArgs),
+    /// List sessions, or show one session's channels and event rules.
+    #[command(after_help = "Examples:\n  drtrace list\n  drtrace list demo\n  drtrace --json list")]
+    List(ListArgs),
+    /// Show the daemon and the current session.
+    Status,
+    /// Make a session the current one.
+    #[command(after_help = "Example:\n  drtrace set-session demo")]
+    SetSession(SetSessionArgs),
+    /// Start recording (the current session by default).
+    #[command(after_help = "Examples:\n  drtrace start\n  drtrace start demo")]
+    Start(SessionNameArg),
+    /// Stop recording once every buffer is flushed (the current session by default).
+    #[command(after_help = "Examples:\n  drtrace stop\n  drtrace stop demo")]
+    Stop(SessionNameArg),
+    /// Create a channel (a set of per-CPU ring buffers), or re-enable a disabled one.
+    #[command(
+        long_about = "\
+Create a channel, or re-enable a disabled one.
+
+A channel is a set of per-CPU ring buffers of NUM sub-buffers of SIZE bytes each. Defaults:
+--subbuf-size 1M, --num-subbuf 4, --discard, --buffers-uid, --switch-timer 0 (off). Event
+rules enabled without -c go to the channel channel0, created with the defaults if absent.",
+        after_help = "Examples:\n  drtrace enable-channel -u big --subbuf-size 4M --num-subbuf 8\n  drtrace enable-channel -u flight --overwrite --buffers-pid --switch-timer 100"
+    )]
+    EnableChannel(EnableChannelArgs),
+    /// Disable a channel: its events stop being recorded.
+    #[command(after_help = "Example:\n  drtrace disable-channel -u big")]
+    DisableChannel(DisableChannelArgs),
+    /// Record events whose names match patterns (`provider:event`, `*` wildcards).
+    #[command(
+        long_about = "\
+Record events whose names match patterns.
+
+A pattern is provider:event, where * matches any run of characters (`myapp:*`, `*:tick`).
+Rules go to the channel given with -c, else to channel0 (created if absent). --loglevel LEVEL
+records events at LEVEL or more severe; --loglevel-only LEVEL exactly at LEVEL. Levels, most
+severe first: emergency alert critical error warning notice info debug (or 0-7).",
+        after_help = "Examples:\n  drtrace enable-event -u 'myapp:*'\n  drtrace enable-event -u -a\n  drtrace enable-event -u 'myapp:request' --loglevel warning -c big"
+    )]
+    EnableEvent(EnableEventArgs),
+    /// Stop recording events matched by rules enabled earlier.
+    #[command(
+        long_about = "\
+Disable event rules.
+
+Each pattern must be given exactly as it was enabled. -a disables every rule of the channel
+(channel0 unless -c is given).",
+        after_help = "Examples:\n  drtrace disable-event -u 'myapp:*'\n  drtrace disable-event -u -a -c big"
+    )]
+    DisableEvent(DisableEventArgs),
+    /// Inspect or stop the session daemon (these never start one).
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+}
+
+/// `drtrace daemon ...`
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Show whether the daemon runs (exit status 3 if it does not).
+    Status,
+    /// Stop the daemon: its sessions are destroyed, their traces flushed; waits until it exited.
+    Stop,
+}
+
+/// Arguments of `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Session name (default: `<username>.<uuid>`).
+    #[arg(help = "Session name (default: <username>.<uuid>)")]
+    pub name: Option<String>,
+    /// Write the trace to exactly this directory, which must not exist yet.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+}
+
+/// Arguments of `destroy`.
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Session to destroy (default: the current one).
+    #[arg(conflicts_with = "all")]
+    pub name: Option<String>,
+    /// Destroy every session.
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+/// Arguments of `list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Show this session in detail.
+    pub name: Option<String>,
+}
+
+/// Arguments of `set-session`.
+#[derive(Debug, Args)]
+pub struct SetSessionArgs {
+    /// The session to make current.
+    pub name: String,
+}
+
+/// An optional session name (default: the current session).
+#[derive(Debug, Args)]
+pub struct SessionNameArg {
+    /// Session (default: the current one).
+    pub name: Option<String>,
+}
+
+/// The tracer domain flags.
+#[derive(Debug, Args)]
+pub struct DomainArgs {
+    /// Userspace applications (required: the only domain available).
+    #[arg(short = 'u', long = "userspace")]
+    pub userspace: bool,
+    /// The kernel (not available yet).
+    #[arg(short = 'k', long = "kernel", conflicts_with = "userspace")]
+    pub kernel: bool,
+}
+
+/// The session a channel or event command applies to.
+#[derive(Debug, Args)]
+pub struct SessionOpt {
+    /// Session (default: the current one).
+    #[arg(short, long, value_name = "SESSION")]
+    pub session: Option<String>,
+}
+
+/// Arguments of `enable-channel`.
+#[derive(Debug, Args)]
+pub struct EnableChannelArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub domain: DomainArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub session: SessionOpt,
+    /// Bytes per sub-buffer, a power of two of at least 4096 (4096, 64k, 1M) [default: 1M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub subbuf_size: Option<u32>,
+    /// Sub-buffers per CPU, at least 2 [default: 4].
+    #[arg(long, value_name = "NUM")]
+    pub num_subbuf: Option<u32>,
+    /// When full, overwrite the oldest sub-buffer (flight recorder).
+    #[arg(long, conflicts_with = "discard")]
+    pub overwrite: bool,
+    /// When full, drop new events and count them (the default).
+    #[arg(long)]
+    pub discard: bool,
+    /// One set of buffers per process.
+    #[arg(long, conflicts_with = "buffers_uid")]
+    pub buffers_pid: bool,
+    /// One set of buffers per user, shared by their processes (the default).
+    #[arg(long)]
+    pub buffers_uid: bool,
+    /// Flush partly filled sub-buffers every MS milliseconds; 0 = never [default: 0].
+    #[arg(long, value_name = "MS")]
+    pub switch_timer: Option<u32>,
+    /// Channel name.
+    pub name: String,
+}
+
+/// Arguments of `disable-channel`.
+#[derive(Debug, Args)]
+pub struct DisableChannelArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub domain: DomainArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub session: SessionOpt,
+    /// Channel name.
+    pub name: String,
+}
+
+fn parse_pattern(text: &str) -> Result<String, String> {
+    check_event_pattern(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_level(text: &str) -> Result<LogLevel, String> {
+    text.parse()
+}
+
+/// Arguments of `enable-event`.
+#[derive(Debug, Args)]
+pub struct EnableEventArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub domain: DomainArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub session: SessionOpt,
+    /// Channel (default: channel0, created if absent).
+    #[arg(short, long, value_name = "CHANNEL")]
+    pub channel: Option<String>,
+    /// Record events at LEVEL or more severe.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level, conflicts_with = "loglevel_only")]
+    pub loglevel: Option<LogLevel>,
+    /// Record events exactly at LEVEL.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
+    pub loglevel_only: Option<LogLevel>,
+    /// Every event (the pattern `*`).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Event name patterns (provider:event, `*` wildcards).
+    #[arg(value_name = "NAME", required_unless_present = "all", value_parser = parse_pattern)]
+    pub names: Vec<String>,
+}
+
+/// Arguments of `disable-event`.
+#[derive(Debug, Args)]
+pub struct DisableEventArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub domain: DomainArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub session: SessionOpt,
+    /// Channel (default: channel0).
+    #[arg(short, long, value_name = "CHANNEL")]
+    pub channel: Option<String>,
+    /// Every rule of the channel.
+    #[arg(short, long)]
+    pub all: bool,
+    /// Patterns of the rules to disable, exactly as they were enabled.
+    #[arg(value_name = "NAME", required_unless_present = "all", value_parser = parse_pattern)]
+    pub names: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes_and_levels_parse() {
+        let cli = Cli::try_parse_from([
+            "drtrace",
+            "enable-channel",
+            "-u",
+            "--subbuf-size",
+            "64k",
+            "c",
+        ])
+        .unwrap();
+        let Command::EnableChannel(args) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.subbuf_size, Some(65536));
+        let cli = Cli::try_parse_from([
+            "drtrace",
+            "--json",
+            "enable-event",
+            "-u",
+            "--loglevel",
+            "warn",
+            "a:*",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        let Command::EnableEvent(args) = cli.command else {
+            panic!("wrong command")
+        };
+        assert_eq!(args.loglevel, Some(LogLevel::Warning));
+    }
+
+    #[test]
+    fn bad_patterns_and_conflicts_are_usage_errors() {
+        assert!(Cli::try_parse_from(["drtrace", "enable-event", "-u", "a$b"]).is_err());
+        assert!(Cli::try_parse_from(["drtrace", "enable-event", "-u"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "drtrace",
+                "enable-channel",
+                "-u",
+                "--overwrite",
+                "--discard",
+                "c"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["drtrace", "destroy", "x", "--all"]).is_err());
+    }
+}

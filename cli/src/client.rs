@@ -1,0 +1,374 @@
+//! [`Client`]: a greeted connection to the user's session daemon with one typed method per
+//! control request.
+//!
+//! Every step is bounded: the hello (and so the liveness check) by [`HELLO_TIMEOUT`], so a
+//! stopped or hung daemon is reported with its pid well within two seconds; ordinary
+//! requests by [`REQUEST_TIMEOUT`]; requests that wait for buffers to be flushed (stop,
+//! destroy, stopping the daemon) by [`FLUSH_TIMEOUT`].
+
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use drtrace_proto::client::{ConnectError, Connection, UnexpectedMessage};
+use drtrace_proto::control::{
+    ChannelConfig, ControlReply, ControlRequest, CreateSession, DaemonStatus, Domain, EventRule,
+    SessionInfo, SessionTarget,
+};
+use drtrace_proto::hello::DaemonInfo;
+use drtrace_proto::paths::{UserInfo, sessiond_socket};
+use drtrace_proto::{Role, WireError};
+use thiserror::Error;
+
+use crate::spawn::{self, SpawnError};
+
+/// How long the hello may take: short, so that a hung daemon is reported quickly.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an ordinary request may take once the daemon has answered the hello.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request that flushes buffers may take (stop, destroy, stopping the daemon).
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the daemon is, who it must be, and how long each step may take.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// The daemon's socket.
+    pub socket: PathBuf,
+    /// The uid the daemon (and its socket file) must belong to.
+    pub daemon_uid: u32,
+    /// Bound on the hello and on pings.
+    pub hello_timeout: Duration,
+    /// Bound on ordinary requests.
+    pub request_timeout: Duration,
+    /// Bound on requests that flush buffers.
+    pub flush_timeout: Duration,
+    /// Bound on a spawned daemon's start-up report.
+    pub ready_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Options for `user`'s own daemon, at its socket path (honouring
+    /// `DRTRACE_SESSIOND_SOCKET`), with the default timeouts.
+    pub fn for_user(user: &UserInfo) -> Self {
+        Self {
+            socket: sessiond_socket(user),
+            daemon_uid: user.uid,
+            hello_timeout: HELLO_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+            flush_timeout: FLUSH_TIMEOUT,
+            ready_timeout: spawn::READY_TIMEOUT,
+        }
+    }
+
+    /// Options for the daemon of the real user of this process.
+    pub fn from_env() -> Result<Self, ClientError> {
+        let user = UserInfo::current().map_err(ClientError::User)?;
+        Ok(Self::for_user(&user))
+    }
+}
+
+/// Why a control operation failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The user running this process could not be looked up.
+    #[error("cannot look up the current user: {0}")]
+    User(#[source] io::Error),
+    /// The daemon could not be reached, is not who it should be, or stopped answering.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The daemon was absent and could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// The daemon refused the request.
+    #[error("{0}")]
+    Daemon(WireError),
+    /// The daemon answered with a reply of the wrong kind.
+    #[error(transparent)]
+    UnexpectedMessage(#[from] UnexpectedMessage),
+    /// The daemon acknowledged a stop request but did not go away in time.
+    #[error("daemon pid {pid} acknowledged the stop request but {what} within {after:?}")]
+    StopIncomplete {
+        /// The daemon's pid.
+        pid: u32,
+        /// What did not happen.
+        what: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+}
+
+impl ClientError {
+    /// True if no daemon listens at the socket (absent or stale).
+    pub fn is_no_daemon(&self) -> bool {
+        matches!(self, ClientError::Connect(ConnectError::NoDaemon { .. }))
+    }
+}
+
+/// An open connection to a session daemon.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection,
+    opts: ConnectOptions,
+}
+
+fn unexpected(expected: &'static str, reply: &ControlReply) -> ClientError {
+    ClientError::UnexpectedMessage(UnexpectedMessage {
+        expected,
+        received: reply.kind(),
+    })
+}
+
+impl Client {
+    /// Connects to the daemon described by `opts`; fails with a "no daemon" error
+    /// ([`ClientError::is_no_daemon`]) if none listens.
+    pub fn connect(opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let conn = Connection::connect(
+            &opts.socket,
+            Role::Control,
+            opts.daemon_uid,
+            opts.hello_timeout,
+        )?;
+        Ok(Self {
+            conn,
+            opts: opts.clone(),
+        })
+    }
+
+    /// Connects to the daemon, starting it first if none listens (an absent or stale socket).
+    ///
+    /// The binary is found by [`spawn::find_sessiond`]; the daemon's start-up report is read
+    /// with a deadline, and the new daemon is pinged before this returns.
+    pub fn connect_or_spawn(opts: &ConnectOptions) -> Result<Self, ClientError> {
+        match Self::connect(opts) {
+            Err(e) if e.is_no_daemon() => {}
+            other => return other,
+        }
+        let binary = spawn::find_sessiond()?;
+        spawn::start_sessiond(&binary, &opts.socket, opts.ready_timeout)?;
+        let client = Self::connect(opts)?;
+        client.ping()?;
+        Ok(client)
+    }
+
+    /// Who answered the hello.
+    pub fn daemon(&self) -> &DaemonInfo {
+        self.conn.daemon()
+    }
+
+    /// The options this client was connected with.
+    pub fn options(&self) -> &ConnectOptions {
+        &self.opts
+    }
+
+    /// The underlying connection.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn call(
+        &self,
+        request: &ControlRequest,
+        timeout: Duration,
+    ) -> Result<ControlReply, ClientError> {
+        match self.conn.request(request, timeout)? {
+            ControlReply::Error(err) => Err(ClientError::Daemon(err)),
+            reply => Ok(reply),
+        }
+    }
+
+    fn session_reply(
+        &self,
+        request: &ControlRequest,
+        timeout: Duration,
+    ) -> Result<SessionInfo, ClientError> {
+        match self.call(request, timeout)? {
+            ControlReply::Session(info) => Ok(*info),
+            reply => Err(unexpected("session", &reply)),
+        }
+    }
+
+    /// Checks that the daemon answers.
+    pub fn ping(&self) -> Result<DaemonInfo, ClientError> {
+        match self.call(&ControlRequest::Ping, self.opts.hello_timeout)? {
+            ControlReply::Pong(info) => Ok(info),
+            reply => Err(unexpected("pong", &reply)),
+        }
+    }
+
+    /// The daemon and all its sessions.
+    pub fn status(&self) -> Result<DaemonStatus, ClientError> {
+        match self.call(&ControlRequest::Status, self.opts.request_timeout)? {
+            ControlReply::Status(status) => Ok(*status),
+            reply => Err(unexpected("status", &reply)),
+        }
+    }
+
+    /// Creates a session and makes it current.
+    pub fn create_session(&self, args: CreateSession) -> Result<SessionInfo, ClientError> {
+        self.session_reply(
+            &ControlRequest::CreateSession(args),
+            self.opts.request_timeout,
+        )
+    }
+
+    /// Destroys sessions once their traces are complete; returns them as they were.
+    pub fn destroy_session(&self, target: SessionTarget) -> Result<Vec<SessionInfo>, ClientError> {
+        match self.call(
+            &ControlRequest::DestroySession { target },
+            self.opts.flush_timeout,
+        )? {
+            ControlReply::Destroyed(list) => Ok(list),
+            reply => Err(unexpected("destroyed", &reply)),
+        }
+    }
+
+    /// Every session, in creation order.
+    pub fn list_sessions(&self) -> Result<Vec<SessionInfo>, ClientError> {
+        match self.call(&ControlRequest::ListSessions, self.opts.request_timeout)? {
+            ControlReply::Sessions(list) => Ok(list),
+            reply => Err(unexpected("sessions", &reply)),
+        }
+    }
+
+    /// One session (`None` = the current one).
+    pub fn show_session(&self, name: Option<&str>) -> Result<SessionInfo, ClientError> {
+        self.session_reply(
+            &ControlRequest::ShowSession {
+                name: name.map(str::to_owned),
+            },
+            self.opts.request_timeout,
+        )
+    }
+
+    /// Makes `name` the current session.
+    pub fn set_current(&self, name: &str) -> Result<SessionInfo, ClientError> {
+        self.session_reply(
+            &ControlRequest::SetCurrent {
+                name: name.to_owned(),
+            },
+            self.opts.request_timeout,
+        )
+    }
+
+    /// Starts recording (`None` = the current session).
+    pub fn start_session(&self, name: Option<&str>) -> Result<SessionInfo, ClientError> {
+        self.session_reply(
+            &ControlRequest::StartSession {
+                name: name.map(str::to_owned),
+            },
+            self.opts.request_timeout,
+        )
+    }
+
+    /// Stops recording once every buffer is flushed (`None` = the current session).
+    pub fn stop_session(&self, name: Option<&str>) -> Result<SessionInfo, ClientError> {
+        self.session_reply(
+            &ControlRequest::StopSession {
+                name: name.map(str::to_owned),
+            },
+            self.opts.flush_timeout,
+        )
+    }
+
+    /// Creates a channel, or re-enables a disabled one.
+    pub fn enable_channel(
+        &self,
+        session: Option<&str>,
+        channel: ChannelConfig,
+    ) -> Result<SessionInfo, ClientError> {
+        self.session_reply(
+            &ControlRequest::EnableChannel {
+                session: session.map(str::to_owned),
+                channel,
+            },
+            self.opts.request_timeout,
+        )
+    }
+
+    /// Disables a channel.
+    pub fn disable_channel(
+        &self,
+        session: Option<&str>,
+        domain: Domain,
+        name: &str,
+    ) -> Result<SessionInfo, ClientError> {
+        self.session_reply(
+            &ControlRequest::DisableChannel {
+                session: session.map(str::to_owned),
+                domain,
+                name: name.to_owned(),
+            },
+            self.opts.request_timeout,
+        )
+    }
+
+    /// Adds or re-enables event rules (`channel: None` = the default channel).
+    pub fn enable_event(
+        &self,
+        session: Option<&str>,
+        channel: Option<&str>,
+        domain: Domain,
+        rules: Vec<EventRule>,
+    ) -> Result<SessionInfo, ClientError> {
+        self.session_reply(
+            &ControlRequest::EnableEvent {
+                session: session.map(str::to_owned),
+                channel: channel.map(str::to_owned),
+                domain,
+                rules,
+            },
+            self.opts.request_timeout,
+        )
+    }
+
+    /// Disables event rules by the patterns they were enabled with.
+    pub fn disable_event(
+        &self,
+        session: Option<&str>,
+        channel: Option<&str>,
+        domain: Domain,
+        patterns: Vec<String>,
+    ) -> Result<SessionInfo, ClientError> {
+        self.session_reply(
+            &ControlRequest::DisableEvent {
+                session: session.map(str::to_owned),
+                channel: channel.map(str::to_owned),
+                domain,
+                patterns,
+            },
+            self.opts.request_timeout,
+        )
+    }
+
+    /// Asks the daemon to exit and waits until it has: its acknowledgement, then the end of
+    /// the connection, then its socket gone. Returns who it was.
+    pub fn stop_daemon(self) -> Result<DaemonInfo, ClientError> {
+        let daemon = self.daemon().clone();
+        let timeout = self.opts.flush_timeout;
+        let deadline = Instant::now() + timeout;
+        match self.call(&ControlRequest::StopDaemon, timeout)? {
+            ControlReply::Ok => {}
+            reply => return Err(unexpected("ok", &reply)),
+        }
+        // The daemon flushes its sessions and then exits, which closes this connection.
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Anything but a timeout, a closed connection included, means the daemon let go of us.
+        if let Err(ConnectError::NotResponding { .. }) = self.conn.recv::<ControlReply>(left) {
+            return Err(ClientError::StopIncomplete {
+                pid: daemon.pid,
+                what: "did not exit",
+                after: timeout,
+            });
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let gone = crate::wait::wait_until_removed(&self.opts.socket, left).unwrap_or(false);
+        if !gone {
+            return Err(ClientError::StopIncomplete {
+                pid: daemon.pid,
+                what: "did not remove its socket",
+                after: timeout,
+            });
+        }
+        Ok(daemon)
+    }
+}

@@ -1,0 +1,14 @@
+//! drtrace end-to-end tests: the real `drtrace` and `drtrace-sessiond` binaries, each test in
+//! its own temp dir with its own socket, traces and logs (see `harness`).
+//!
+//! Build the binaries first: `cargo build --workspace --bins && cargo nextest run --workspace`.
+//! Tests that create users need root; they fail when `CI` is set and root is missing, and
+//! are skipped (saying why) elsewhere.
+
+mod harness;
+
+mod autospawn;
+mod cli;
+mod daemon;
+mod session;
+mod users;
