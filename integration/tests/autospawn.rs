@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::harness::{TestEnv, bins, children_running, is_alive, is_our_child};
+use crate::harness::{TestEnv, bins, is_alive, is_our_child};
 
 fn assert_spawned(env: &TestEnv) -> i32 {
     let pid = env.daemon_pid().expect("a daemon wrote its lock file");
@@ -39,7 +39,7 @@ fn create_starts_the_daemon_once() {
     let pid = assert_spawned(&env);
     env.drtrace(["create", "second"]).success();
     env.drtrace(["start"]).success();
-    assert_eq!(children_running(&bins().sessiond), vec![pid]);
+    assert_eq!(env.daemons(), vec![pid]);
 }
 
 /// A copy of `drtrace` alone in a directory, so that no daemon binary sits beside it.
@@ -131,8 +131,14 @@ fn a_daemon_that_dies_silently_points_at_its_log() {
 #[test]
 fn a_daemon_that_never_reports_does_not_hang_the_cli() {
     let env = TestEnv::new("a_daemon_that_never_reports_does_not_hang_the_cli");
-    // Keeps the report pipe open without writing; `exec` so the harness can reap it.
-    let fake = fake_daemon(&env, "mute", "exec sleep 30");
+    // Keeps the report pipe open without writing; it records its pid so the harness can
+    // end it (it outlives the CLI and is adopted by the test process).
+    let pidfile = env.root.join("mute.pid");
+    let fake = fake_daemon(
+        &env,
+        "mute",
+        &format!("echo $$ > {}; exec sleep 30", pidfile.display()),
+    );
     let out = env
         .drtrace(["list"])
         .env("DRTRACE_SESSIOND_PATH", &fake)
@@ -141,6 +147,12 @@ fn a_daemon_that_never_reports_does_not_hang_the_cli() {
     let msg = out.error_line();
     assert!(msg.contains("did not report"), "{msg}");
     assert!(out.elapsed.as_secs() < 10, "{:?}", out.elapsed);
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    env.track(pid);
 }
 
 #[test]
@@ -156,7 +168,7 @@ fn a_real_start_up_failure_is_one_line() {
         msg.contains(socket.parent().unwrap().to_str().unwrap()),
         "{msg}"
     );
-    assert!(children_running(&bins().sessiond).is_empty());
+    assert!(env.daemons().is_empty());
 }
 
 #[test]
@@ -168,5 +180,5 @@ fn daemon_status_and_stop_never_start_a_daemon() {
     assert!(out.stderr.is_empty(), "{}", out.report());
     env.drtrace(["daemon", "stop"]).success();
     assert!(!env.socket.exists());
-    assert!(children_running(&bins().sessiond).is_empty());
+    assert!(env.daemons().is_empty());
 }

@@ -11,9 +11,7 @@ use drtrace_proto::hello::{Hello, PROTOCOL_MAJOR, PROTOCOL_MINOR, Role};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 
-use crate::harness::{
-    Started, TestEnv, bins, children_running, is_alive, is_our_child, reap, signal_child,
-};
+use crate::harness::{Started, TestEnv, is_alive, is_our_child, reap, signal_child};
 
 #[test]
 fn detached_start_reports_ready_and_serves() {
@@ -66,7 +64,7 @@ fn second_start_says_already_running() {
     let (started, out) = env.launch(env.sessiond(["--detach"]));
     assert_eq!(started, Started::Running(pid), "{}", out.report());
     assert!(out.status.success(), "{}", out.report());
-    assert_eq!(children_running(&bins().sessiond), vec![pid]);
+    assert_eq!(env.daemons(), vec![pid]);
 }
 
 #[test]
@@ -96,7 +94,7 @@ fn concurrent_starters_end_with_exactly_one_daemon() {
             out.report()
         );
     }
-    assert_eq!(children_running(&bins().sessiond), vec![winner]);
+    assert_eq!(env.daemons(), vec![winner]);
     assert_eq!(env.daemon_pid(), Some(winner));
 }
 
@@ -111,7 +109,7 @@ fn concurrent_commands_spawn_exactly_one_daemon() {
             h.join().unwrap();
         }
     });
-    let daemons = children_running(&bins().sessiond);
+    let daemons = env.daemons();
     assert_eq!(daemons.len(), 1, "{daemons:?}");
     assert_eq!(env.daemon_pid(), Some(daemons[0]));
 }
@@ -152,7 +150,7 @@ fn socket_of_a_killed_daemon_is_taken_over() {
     let second = env.start_daemon();
     assert_ne!(first, second);
     env.drtrace(["status"]).success();
-    assert_eq!(children_running(&bins().sessiond), vec![second]);
+    assert_eq!(env.daemons(), vec![second]);
 }
 
 /// Resumes a stopped process even if the test fails half-way.
@@ -190,7 +188,7 @@ fn hung_daemon_is_reported_quickly_with_its_pid() {
     }
     drop(resume);
     env.drtrace(["list"]).success();
-    assert_eq!(children_running(&bins().sessiond), vec![pid]);
+    assert_eq!(env.daemons(), vec![pid]);
 }
 
 fn signal_removes_socket(name: &str, signal: Signal) {
@@ -247,7 +245,7 @@ fn daemon_stop_waits_for_exit_and_never_spawns() {
     assert_eq!(status.code(), 3, "{}", status.report());
     assert_eq!(status.json_data("daemon_status")["running"], false);
     assert!(!env.socket.exists(), "nothing spawned a daemon");
-    assert!(children_running(&bins().sessiond).is_empty());
+    assert!(env.daemons().is_empty());
 }
 
 #[test]

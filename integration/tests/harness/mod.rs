@@ -164,20 +164,6 @@ pub(crate) fn signal_child(pid: i32, signal: Signal) {
     kill(Pid::from_raw(pid), signal).expect("kill");
 }
 
-/// The pids of our live children that run `exe`.
-pub(crate) fn children_running(exe: &Path) -> Vec<i32> {
-    let me = i32::try_from(std::process::id()).unwrap();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let exe = exe.canonicalize().unwrap_or_else(|_| exe.to_owned());
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| parent_of(pid) == Some(me) && is_alive(pid))
-        .filter(|&pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe))
-        .collect()
-}
-
 /// The result of one command.
 #[derive(Debug)]
 pub(crate) struct Out {
@@ -598,6 +584,31 @@ impl TestEnv {
                 self.track(pid);
             }
         }
+    }
+
+    /// Our live `drtrace-sessiond` children started for this test's socket (told apart
+    /// from other tests' daemons by the socket in their environment, so that this holds
+    /// when tests share a process, as under `cargo test`).
+    pub(crate) fn daemons(&self) -> Vec<i32> {
+        let me = i32::try_from(std::process::id()).unwrap();
+        let wanted = format!("DRTRACE_SESSIOND_SOCKET={}", self.socket.display());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut pids: Vec<i32> = entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| parent_of(pid) == Some(me) && is_alive(pid))
+            .filter(|&pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|p| p.file_name() == Some(OsStr::new("drtrace-sessiond")))
+            })
+            .filter(|&pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == wanted.as_bytes()))
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
     }
 
     /// The pid the daemon of this test's socket wrote in its lock file.
