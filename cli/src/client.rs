@@ -372,3 +372,111 @@ impl Client {
         Ok(daemon)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::Path;
+
+    use drtrace_proto::ErrorCode;
+    use drtrace_proto::frame::{recv_message, send_message};
+    use drtrace_proto::hello::{Hello, HelloReply};
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// A one-connection fake daemon: greets, then answers each request with the next reply.
+    fn fake_daemon(path: &Path, replies: Vec<ControlReply>) -> std::thread::JoinHandle<UnixStream> {
+        let listener = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let (_hello, _): (Hello, _) = recv_message(&stream, T).unwrap();
+            let info = DaemonInfo {
+                pid: std::process::id(),
+                uid: nix::unistd::getuid().as_raw(),
+                major: 1,
+                minor: 0,
+                version: "test".into(),
+            };
+            send_message(&stream, &HelloReply::Welcome(info), &[], T).unwrap();
+            for reply in replies {
+                let (_req, _): (ControlRequest, _) = recv_message(&stream, T).unwrap();
+                send_message(&stream, &reply, &[], T).unwrap();
+            }
+            stream
+        })
+    }
+
+    fn opts(path: &Path) -> ConnectOptions {
+        ConnectOptions {
+            socket: path.to_owned(),
+            daemon_uid: nix::unistd::getuid().as_raw(),
+            hello_timeout: T,
+            request_timeout: T,
+            flush_timeout: T,
+            ready_timeout: T,
+        }
+    }
+
+    #[test]
+    fn a_reply_of_the_wrong_kind_is_unexpected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let daemon = fake_daemon(&path, vec![ControlReply::Ok]);
+        let client = Client::connect(&opts(&path)).unwrap();
+        let err = client.list_sessions().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::UnexpectedMessage(UnexpectedMessage {
+                    expected: "sessions",
+                    received: "ok"
+                })
+            ),
+            "{err}"
+        );
+        daemon.join().unwrap();
+    }
+
+    #[test]
+    fn error_replies_carry_the_daemons_code_and_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let refusal = WireError::new(ErrorCode::SessionNotFound, "no session named x");
+        let daemon = fake_daemon(&path, vec![ControlReply::Error(refusal.clone())]);
+        let client = Client::connect(&opts(&path)).unwrap();
+        match client.start_session(Some("x")) {
+            Err(ClientError::Daemon(e)) => assert_eq!(e, refusal),
+            other => panic!("{other:?}"),
+        }
+        daemon.join().unwrap();
+    }
+
+    #[test]
+    fn stop_daemon_waits_for_the_socket_to_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let daemon = fake_daemon(&path, vec![ControlReply::Ok]);
+        let client = Client::connect(&opts(&path)).unwrap();
+        let remover = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                // Like the real daemon: socket first, then the connection.
+                let stream = daemon.join().unwrap();
+                std::fs::remove_file(&path).unwrap();
+                drop(stream);
+            })
+        };
+        let info = client.stop_daemon().unwrap();
+        assert_eq!(info.pid, std::process::id());
+        assert!(!path.exists());
+        remover.join().unwrap();
+    }
+
+    #[test]
+    fn no_daemon_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Client::connect(&opts(&dir.path().join("absent"))).unwrap_err();
+        assert!(err.is_no_daemon(), "{err}");
+    }
+}
