@@ -39,7 +39,7 @@ fn create_starts_the_daemon_once() {
     let pid = assert_spawned(&env);
     env.drtrace(["create", "second"]).success();
     env.drtrace(["start"]).success();
-    assert_eq!(env.daemons(), vec![pid]);
+    assert_eq!(env.the_only_daemon(), pid);
 }
 
 /// A copy of `drtrace` alone in a directory, so that no daemon binary sits beside it.
@@ -168,7 +168,7 @@ fn a_real_start_up_failure_is_one_line() {
         msg.contains(socket.parent().unwrap().to_str().unwrap()),
         "{msg}"
     );
-    assert!(env.daemons().is_empty());
+    env.assert_no_daemon_left_at(&socket);
 }
 
 #[test]

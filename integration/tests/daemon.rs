@@ -64,7 +64,7 @@ fn second_start_says_already_running() {
     let (started, out) = env.launch(env.sessiond(["--detach"]));
     assert_eq!(started, Started::Running(pid), "{}", out.report());
     assert!(out.status.success(), "{}", out.report());
-    assert_eq!(env.daemons(), vec![pid]);
+    assert_eq!(env.the_only_daemon(), pid);
 }
 
 #[test]
@@ -94,8 +94,7 @@ fn concurrent_starters_end_with_exactly_one_daemon() {
             out.report()
         );
     }
-    assert_eq!(env.daemons(), vec![winner]);
-    assert_eq!(env.daemon_pid(), Some(winner));
+    assert_eq!(env.the_only_daemon(), winner);
 }
 
 #[test]
@@ -109,9 +108,7 @@ fn concurrent_commands_spawn_exactly_one_daemon() {
             h.join().unwrap();
         }
     });
-    let daemons = env.daemons();
-    assert_eq!(daemons.len(), 1, "{daemons:?}");
-    assert_eq!(env.daemon_pid(), Some(daemons[0]));
+    env.the_only_daemon();
 }
 
 #[test]
@@ -150,7 +147,7 @@ fn socket_of_a_killed_daemon_is_taken_over() {
     let second = env.start_daemon();
     assert_ne!(first, second);
     env.drtrace(["status"]).success();
-    assert_eq!(env.daemons(), vec![second]);
+    assert_eq!(env.the_only_daemon(), second);
 }
 
 /// Resumes a stopped process even if the test fails half-way.
@@ -188,7 +185,7 @@ fn hung_daemon_is_reported_quickly_with_its_pid() {
     }
     drop(resume);
     env.drtrace(["list"]).success();
-    assert_eq!(env.daemons(), vec![pid]);
+    assert_eq!(env.the_only_daemon(), pid);
 }
 
 fn signal_removes_socket(name: &str, signal: Signal) {

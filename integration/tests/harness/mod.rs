@@ -590,8 +590,13 @@ impl TestEnv {
     /// from other tests' daemons by the socket in their environment, so that this holds
     /// when tests share a process, as under `cargo test`).
     pub(crate) fn daemons(&self) -> Vec<i32> {
+        self.daemons_at(&self.socket)
+    }
+
+    /// Our live `drtrace-sessiond` children started for `socket`.
+    pub(crate) fn daemons_at(&self, socket: &Path) -> Vec<i32> {
         let me = i32::try_from(std::process::id()).unwrap();
-        let wanted = format!("DRTRACE_SESSIOND_SOCKET={}", self.socket.display());
+        let wanted = format!("DRTRACE_SESSIOND_SOCKET={}", socket.display());
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
@@ -609,6 +614,36 @@ impl TestEnv {
             .collect();
         pids.sort_unstable();
         pids
+    }
+
+    /// Asserts that exactly one daemon serves this test's socket, the one in the lock file,
+    /// and returns its pid. Starters that lost a race report `running PID` just before they
+    /// exit, so each is waited for (bounded), never assumed gone.
+    pub(crate) fn the_only_daemon(&self) -> i32 {
+        let winner = self.daemon_pid().expect("a daemon holds the lock file");
+        for pid in self.daemons() {
+            if pid != winner {
+                assert!(
+                    reap(pid, Duration::from_secs(10)).is_some(),
+                    "a second daemon, pid {pid}, still runs beside {winner}\n{}",
+                    self.logs()
+                );
+            }
+        }
+        assert_eq!(self.daemons(), vec![winner], "{}", self.logs());
+        winner
+    }
+
+    /// Asserts that no daemon is left for `socket`; one that just reported a
+    /// failure is given a bounded time to exit.
+    pub(crate) fn assert_no_daemon_left_at(&self, socket: &Path) {
+        for pid in self.daemons_at(socket) {
+            assert!(
+                reap(pid, Duration::from_secs(10)).is_some(),
+                "daemon pid {pid} still runs\n{}",
+                self.logs()
+            );
+        }
     }
 
     /// The pid the daemon of this test's socket wrote in its lock file.
