@@ -160,6 +160,7 @@ fn a_real_start_up_failure_is_one_line() {
     let env = TestEnv::new("a_real_start_up_failure_is_one_line");
     // The daemon cannot bind a socket in a directory that does not exist.
     let socket = env.root.join("missing-dir").join("s.sock");
+    env.also_clean(&socket);
     let msg = env
         .drtrace(["list"])
         .env("DRTRACE_SESSIOND_SOCKET", &socket)

@@ -113,6 +113,7 @@ fn a_squatted_socket_is_refused_naming_the_squatter() {
     let bob = env.user("bob");
     let path = env.shared_dir().join("squat.sock");
     let path_s = path.to_str().unwrap();
+    env.also_clean(&path);
 
     // Alice's daemon holds the path.
     let (started, out) = env.launch(

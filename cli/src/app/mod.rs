@@ -366,6 +366,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
                         info.name
                     );
                     p.session_changed(&info, &msg)?;
+                    p.finish()?;
                     return Ok(Outcome::Success);
                 }
             }

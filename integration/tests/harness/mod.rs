@@ -147,12 +147,47 @@ pub(crate) fn is_alive(pid: i32) -> bool {
 
 /// Waits for our child `pid` to exit, at most `timeout`; returns its status if it did.
 /// The wait runs on a helper thread, so nothing sleeps and nothing blocks past the timeout.
+/// A child that another test (sharing this process) already reaped counts as exited, with
+/// status -1.
 pub(crate) fn reap(pid: i32, timeout: Duration) -> Option<nix::sys::wait::WaitStatus> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(waitpid(Pid::from_raw(pid), None));
     });
-    rx.recv_timeout(timeout).ok()?.ok()
+    match rx.recv_timeout(timeout).ok()? {
+        Ok(status) => Some(status),
+        Err(nix::errno::Errno::ECHILD) if parent_of(pid).is_none() => {
+            Some(nix::sys::wait::WaitStatus::Exited(Pid::from_raw(pid), -1))
+        }
+        Err(_) => None,
+    }
+}
+
+/// Pids that some live test environment of this process tracks (and will reap itself).
+static TRACKED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+/// Reaps our zombie children that are drtrace processes nobody tracks: starters that lost a
+/// race or failed, which exit on their own and which this process adopted as subreaper
+/// (left alone, they would outlive the test as zombies of an init that may not reap).
+fn reap_untracked_zombies() {
+    let me = i32::try_from(std::process::id()).unwrap();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let tracked = TRACKED.lock().unwrap().clone();
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if parent_of(pid) == Some(me)
+            && state_of(pid) == Some('Z')
+            && comm.starts_with("drtrace")
+            && !tracked.contains(&pid)
+        {
+            let _ = waitpid(
+                Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+        }
+    }
 }
 
 /// Sends `signal` to `pid`, which must be our child (never a stranger with a reused pid).
@@ -162,6 +197,31 @@ pub(crate) fn signal_child(pid: i32, signal: Signal) {
         "pid {pid} is not a process this test started"
     );
     kill(Pid::from_raw(pid), signal).expect("kill");
+}
+
+/// Our live children whose executable name passes `name_ok` and whose environment names
+/// `socket` (`DRTRACE_SESSIOND_SOCKET`): the processes one test started, told apart from
+/// other tests' when tests share a process (as under `cargo test`).
+fn our_children_for(socket: &Path, name_ok: impl Fn(&str) -> bool) -> Vec<i32> {
+    let me = i32::try_from(std::process::id()).unwrap();
+    let wanted = format!("DRTRACE_SESSIOND_SOCKET={}", socket.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| parent_of(pid) == Some(me) && is_alive(pid))
+        .filter(|&pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|p| p.file_name().and_then(OsStr::to_str).is_some_and(&name_ok))
+        })
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == wanted.as_bytes()))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
 }
 
 /// The result of one command.
@@ -461,6 +521,7 @@ pub(crate) struct TestEnv {
     pids: Mutex<BTreeSet<i32>>,
     users: Mutex<Vec<TestUser>>,
     copy_lock: Mutex<()>,
+    extra_sockets: Mutex<Vec<PathBuf>>,
 }
 
 impl TestEnv {
@@ -488,6 +549,7 @@ impl TestEnv {
             pids: Mutex::new(BTreeSet::new()),
             users: Mutex::new(Vec::new()),
             copy_lock: Mutex::new(()),
+            extra_sockets: Mutex::new(Vec::new()),
         }
     }
 
@@ -573,6 +635,7 @@ impl TestEnv {
     /// Remembers a daemon pid so that drop stops it.
     pub(crate) fn track(&self, pid: i32) {
         self.pids.lock().unwrap().insert(pid);
+        TRACKED.lock().unwrap().insert(pid);
     }
 
     /// Tracks the pid in the lock file of this test's socket (and its users' sockets).
@@ -595,25 +658,7 @@ impl TestEnv {
 
     /// Our live `drtrace-sessiond` children started for `socket`.
     pub(crate) fn daemons_at(&self, socket: &Path) -> Vec<i32> {
-        let me = i32::try_from(std::process::id()).unwrap();
-        let wanted = format!("DRTRACE_SESSIOND_SOCKET={}", socket.display());
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut pids: Vec<i32> = entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|&pid| parent_of(pid) == Some(me) && is_alive(pid))
-            .filter(|&pid| {
-                std::fs::read_link(format!("/proc/{pid}/exe"))
-                    .is_ok_and(|p| p.file_name() == Some(OsStr::new("drtrace-sessiond")))
-            })
-            .filter(|&pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == wanted.as_bytes()))
-            })
-            .collect();
-        pids.sort_unstable();
-        pids
+        our_children_for(socket, |name| name == "drtrace-sessiond")
     }
 
     /// Asserts that exactly one daemon serves this test's socket, the one in the lock file,
@@ -671,16 +716,30 @@ impl TestEnv {
     /// CLI still finds the daemon beside itself.
     pub(crate) fn shared_copy(&self, program: &Path) -> PathBuf {
         let b = bins();
-        if ![&b.drtrace, &b.sessiond, &b.peer].contains(&&program.to_path_buf()) {
+        let build_dir = b.drtrace.parent().unwrap();
+        let peer_dir = b.peer.parent().unwrap();
+        if program.parent() != Some(build_dir) && program.parent() != Some(peer_dir) {
             return program.to_owned();
         }
         let dir = self.root.join("bin");
         let _guard = self.copy_lock.lock().unwrap();
         if !dir.exists() {
             std::fs::create_dir(&dir).unwrap();
-            for bin in [&b.drtrace, &b.sessiond, &b.peer] {
+            // Every drtrace binary, so that each still finds the others beside itself.
+            let mut all: Vec<PathBuf> = std::fs::read_dir(build_dir)
+                .unwrap()
+                .filter_map(|e| Some(e.ok()?.path()))
+                .filter(|p| {
+                    p.file_name().and_then(OsStr::to_str).is_some_and(|n| {
+                        n == "drtrace" || n.starts_with("drtrace-") && !n.contains('.')
+                    }) && std::fs::metadata(p)
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                })
+                .collect();
+            all.push(b.peer.clone());
+            for bin in all {
                 let to = dir.join(bin.file_name().unwrap());
-                std::fs::copy(bin, &to).unwrap();
+                std::fs::copy(&bin, &to).unwrap();
                 std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
             }
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -737,6 +796,8 @@ impl TestEnv {
     /// stopped by the test), SIGTERM, then SIGKILL if it has not exited in time.
     pub(crate) fn stop_daemons(&self) {
         self.observe();
+        let mut sockets = vec![self.socket.clone()];
+        sockets.extend(self.users.lock().unwrap().iter().map(|u| u.socket.clone()));
         let pids: Vec<i32> = self.pids.lock().unwrap().iter().copied().collect();
         for pid in pids {
             if !is_our_child(pid) {
@@ -750,6 +811,24 @@ impl TestEnv {
                 let _ = reap(pid, Duration::from_secs(5));
             }
         }
+        // Whatever else of ours is left for these sockets (a daemon started on another path
+        // by a test, a consumer orphaned by a killed daemon) goes too.
+        let mut sockets: Vec<PathBuf> = sockets;
+        sockets.extend(self.extra_sockets.lock().unwrap().iter().cloned());
+        for socket in &sockets {
+            for pid in our_children_for(socket, |name| name.starts_with("drtrace")) {
+                let p = Pid::from_raw(pid);
+                let _ = kill(p, Signal::SIGCONT);
+                let _ = kill(p, Signal::SIGKILL);
+                let _ = reap(pid, Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Makes drop also end the processes started for `socket` (a path other than the
+    /// test's own socket).
+    pub(crate) fn also_clean(&self, socket: &Path) {
+        self.extra_sockets.lock().unwrap().push(socket.to_owned());
     }
 }
 
@@ -759,6 +838,13 @@ impl Drop for TestEnv {
             eprintln!("{}", self.logs());
         }
         self.stop_daemons();
+        {
+            let mut tracked = TRACKED.lock().unwrap();
+            for pid in self.pids.lock().unwrap().iter() {
+                tracked.remove(pid);
+            }
+        }
+        reap_untracked_zombies();
         for user in self.users.lock().unwrap().drain(..) {
             user.delete();
         }
