@@ -15,8 +15,6 @@
 //! child subreaper: so the harness can reap them and knows exactly when they have exited,
 //! and a pid it signals can only be a process it started.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
