@@ -133,7 +133,8 @@ impl ClockInfo {
 /// What the trace, env and clock blocks say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceInfo {
-    /// The session's trace UUID; also in every packet header.
+    /// This metadata file's trace UUID, also in every packet header: [`trace_uuid`] of the
+    /// session's UUID and the metadata directory (each metadata file needs its own).
     pub uuid: Uuid,
     /// `ust` or `kernel`.
     pub domain: Domain,

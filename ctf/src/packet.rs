@@ -4,7 +4,7 @@
 //! ```text
 //! offset  size  packet header (32 bytes)
 //!      0     4  u32 magic = 0xC1FC1FC1
-//!      4    16  u8  uuid[16]            the session's trace UUID
+//!      4    16  u8  uuid[16]            the trace UUID of the metadata file
 //!     20     4  u32 stream_id           the channel's index in the session
 //!     24     8  u64 stream_instance_id  the CPU number
 //! offset  size  packet context (52 bytes)
@@ -66,7 +66,8 @@ pub enum PacketError {
 /// The packet header, identical for every packet of one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PacketHeader {
-    /// The session's trace UUID (the metadata's `trace.uuid`).
+    /// The trace UUID of the stream's metadata file (its `trace.uuid`, see
+    /// [`crate::metadata::trace_uuid`]).
     pub uuid: Uuid,
     /// The channel's index in the session (the metadata's `stream.id`).
     pub stream_id: u32,

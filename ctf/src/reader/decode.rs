@@ -62,9 +62,11 @@ fn same_name(a: &str, b: &str) -> bool {
     a == b || display_name(a) == display_name(b)
 }
 
+/// A structure being decoded: its members so far, in class order (hidden ones included,
+/// so indices match `class.members`).
 struct Frame<'c> {
     class: &'c StructClass,
-    values: Vec<Value>,
+    values: Vec<(String, Value)>,
 }
 
 /// Decodes one scope. `clock` is the stream's current clock value: every clock-mapped
@@ -128,18 +130,15 @@ impl<'c, 'r> Decoder<'c, 'r> {
                 for m in &s.members {
                     let v = self.decode(&m.class, bits)?;
                     if let Some(f) = self.frames.last_mut() {
-                        f.values.push(v);
+                        f.values.push((display_name(&m.name).to_owned(), v));
                     }
                 }
-                let frame = self.frames.pop().ok_or(DecodeError::Internal)?;
-                Ok(Value::Struct(
-                    s.members
-                        .iter()
-                        .zip(frame.values)
-                        .filter(|(m, _)| !m.hidden)
-                        .map(|(m, v)| (display_name(&m.name).to_owned(), v))
-                        .collect(),
-                ))
+                let mut values = self.frames.pop().ok_or(DecodeError::Internal)?.values;
+                if s.members.iter().any(|m| m.hidden) {
+                    let mut hidden = s.members.iter().map(|m| m.hidden);
+                    values.retain(|_| !hidden.next().unwrap_or(false));
+                }
+                Ok(Value::Struct(values))
             }
             FieldClass::Variant(v) => {
                 let tag = v.tag.as_deref().ok_or(DecodeError::UntaggedVariant)?;
@@ -274,7 +273,7 @@ fn frame_lookup<'v>(frame: &'v Frame<'_>, path: &str) -> Option<&'v Value> {
                 .iter()
                 .position(|m| same_name(&m.name, first))
         })?;
-    let value = frame.values.get(index)?;
+    let (_, value) = frame.values.get(index)?;
     match rest {
         Some(rest) => descend(value, rest),
         None => Some(value),
