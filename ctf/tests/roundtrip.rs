@@ -337,6 +337,48 @@ mod tests {
         assert_eq!(events[5].stream_id, 1);
     }
 
+    /// Hundreds of CPUs times several channels: the merge must not keep a file descriptor
+    /// per stream open, or it would hit the process's limit.
+    #[test]
+    fn merging_many_streams_keeps_few_files_open() {
+        let session = tempfile::tempdir().unwrap();
+        let t = TraceDir::create(
+            session.path(),
+            UST,
+            Domain::Ust,
+            NS,
+            &["channel0"],
+            &[(0, 0, desc("p", "e", &[]))],
+        );
+        let streams = 300u32;
+        for cpu in 0..streams {
+            let mut s = t.stream(0, cpu);
+            s.begin_packet(0)
+                .record(0, u64::from(cpu), &[])
+                .record(0, 1000 + u64::from(cpu), &[])
+                .end_packet(2000, 0);
+            t.write_stream(&format!("channel0_{cpu}"), &s);
+        }
+        let open_fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let before = open_fds();
+        let trace = Trace::open(session.path()).unwrap();
+        let mut events = trace.events();
+        let first = events.next().unwrap().unwrap();
+        assert_eq!(first.cpu, Some(0));
+        // Every stream has been read from by now; other tests may hold a few files open.
+        let during = open_fds();
+        assert!(
+            during < before + 100,
+            "{during} fds open while merging (was {before})"
+        );
+        let rest: Vec<_> = events.map(Result::unwrap).collect();
+        assert_eq!(rest.len(), 2 * streams as usize - 1);
+        assert!(
+            rest.windows(2)
+                .all(|w| w[0].timestamp_ns <= w[1].timestamp_ns)
+        );
+    }
+
     #[test]
     fn session_layouts_are_discovered() {
         let session = tempfile::tempdir().unwrap();

@@ -36,7 +36,7 @@ struct Packet {
 #[derive(Debug)]
 pub(crate) struct StreamReader {
     path: PathBuf,
-    file: Option<File>,
+    /// The file's length when the current packet was loaded.
     file_len: u64,
     next_offset: u64,
     source: Arc<TraceSource>,
@@ -55,7 +55,6 @@ impl StreamReader {
         let channel = channel_name(path);
         Self {
             path: path.to_owned(),
-            file: None,
             file_len: 0,
             next_offset: 0,
             source,
@@ -115,28 +114,23 @@ impl StreamReader {
         }
     }
 
-    fn open(&mut self) -> Result<(), ReadError> {
-        if self.file.is_some() {
-            return Ok(());
-        }
+    /// Opens the file for one packet. Files are not kept open between packets: a merge
+    /// over every CPU's stream of every channel must not run out of file descriptors.
+    fn open(&mut self) -> Result<File, ReadError> {
         let io = |source| ReadError::Io {
             path: self.path.clone(),
             source,
         };
         let file = File::open(&self.path).map_err(io)?;
         self.file_len = file.metadata().map_err(io)?.len();
-        self.file = Some(file);
-        Ok(())
+        Ok(file)
     }
 
-    fn read_at(&mut self, offset: u64, len: u64) -> Result<(), ReadError> {
+    fn read_at(&mut self, file: &File, offset: u64, len: u64) -> Result<(), ReadError> {
         let len_usize = usize::try_from(len)
             .map_err(|_| self.decode_err(offset, DecodeError::PacketTooLarge { bytes: len }))?;
         self.buf.clear();
         self.buf.resize(len_usize, 0);
-        let Some(file) = &self.file else {
-            return Ok(());
-        };
         file.read_exact_at(&mut self.buf, offset)
             .map_err(|source| ReadError::Io {
                 path: self.path.clone(),
@@ -146,14 +140,14 @@ impl StreamReader {
 
     /// Loads the next packet into `buf`; false at the end of the file.
     fn load_packet(&mut self) -> Result<bool, ReadError> {
-        self.open()?;
         self.packet = None;
+        let file = self.open()?;
         let offset = self.next_offset;
         if offset >= self.file_len {
             return Ok(false);
         }
         let remaining = self.file_len - offset;
-        self.read_at(offset, remaining.min(PROBE))?;
+        self.read_at(&file, offset, remaining.min(PROBE))?;
         let source = Arc::clone(&self.source);
         let md = &source.metadata;
 
@@ -265,7 +259,7 @@ impl StreamReader {
         roots.set(Root::PacketContext, context);
 
         if packet_bytes > PROBE.min(remaining) {
-            self.read_at(offset, packet_bytes)?;
+            self.read_at(&file, offset, packet_bytes)?;
         }
         self.next_offset = offset + packet_bytes;
         self.packet = Some(Packet {

@@ -21,6 +21,9 @@ pub use crate::metadata::EnvValue;
 
 /// Deepest nesting of types (and blocks) the parser accepts.
 pub const MAX_DEPTH: usize = 64;
+/// Most type nodes (members, options, elements) that copying aliases may create in all: a
+/// small metadata file must not expand into gigabytes of types.
+pub const MAX_COPIED_NODES: usize = 1 << 21;
 
 /// Metadata text could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -223,6 +226,31 @@ impl FieldClass {
             FieldClass::Array { element, .. } | FieldClass::Sequence { element, .. } => {
                 element.align()
             }
+        }
+    }
+
+    /// Levels of nesting: 1 for a leaf type.
+    pub fn depth(&self) -> usize {
+        1 + match self {
+            FieldClass::Struct(s) => s.members.iter().map(|m| m.class.depth()).max().unwrap_or(0),
+            FieldClass::Variant(v) => v.options.iter().map(|m| m.class.depth()).max().unwrap_or(0),
+            FieldClass::Array { element, .. } | FieldClass::Sequence { element, .. } => {
+                element.depth()
+            }
+            _ => 0,
+        }
+    }
+
+    /// Type nodes in this type, itself included.
+    pub fn nodes(&self) -> usize {
+        1 + match self {
+            FieldClass::Struct(s) => s.members.iter().map(|m| m.class.nodes()).sum(),
+            FieldClass::Variant(v) => v.options.iter().map(|m| m.class.nodes()).sum(),
+            FieldClass::Array { element, .. } | FieldClass::Sequence { element, .. } => {
+                element.nodes()
+            }
+            FieldClass::Enum(e) => e.mappings.len(),
+            _ => 0,
         }
     }
 

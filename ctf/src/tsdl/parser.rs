@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::lexer::{Tok, Token};
 use super::{
     ByteOrder, ClockClass, Encoding, EnumClass, EnumMapping, EnvValue, EventClass, FieldClass,
-    FloatClass, IntClass, MAX_DEPTH, Member, Metadata, StreamClass, StructClass, TsdlError,
-    VariantClass,
+    FloatClass, IntClass, MAX_COPIED_NODES, MAX_DEPTH, Member, Metadata, StreamClass, StructClass,
+    TsdlError, VariantClass,
 };
 
 /// Largest alignment accepted, in bits (larger ones only serve to make offsets overflow).
@@ -62,6 +62,8 @@ pub(crate) struct Parser {
     depth: usize,
     scopes: Vec<Scope>,
     byte_order: ByteOrder,
+    /// Type nodes created by copying aliases and named types so far.
+    copied_nodes: usize,
     trace_seen: bool,
     md: Metadata,
     events: Vec<(EventClass, Option<u64>, u32)>,
@@ -78,6 +80,7 @@ impl Parser {
             depth: 0,
             scopes: vec![Scope::default()],
             byte_order,
+            copied_nodes: 0,
             trace_seen: false,
             md: Metadata {
                 major: 1,
@@ -360,14 +363,37 @@ impl Parser {
         Ok(words)
     }
 
-    fn lookup_alias(&self, words: &[String]) -> R<FieldClass> {
+    fn lookup_alias(&mut self, words: &[String]) -> R<FieldClass> {
         let name = words.join(" ");
-        self.scopes
+        let class = self
+            .scopes
             .iter()
             .rev()
             .find_map(|s| s.aliases.get(&name))
             .cloned()
-            .map_or_else(|| self.err(format!("unknown type '{name}'")), Ok)
+            .map_or_else(|| self.err(format!("unknown type '{name}'")), Ok)?;
+        self.copied(class.nodes())?;
+        Ok(class)
+    }
+
+    /// Counts the nodes of a copied type against [`MAX_COPIED_NODES`].
+    fn copied(&mut self, nodes: usize) -> R<()> {
+        self.copied_nodes = self.copied_nodes.saturating_add(nodes);
+        if self.copied_nodes > MAX_COPIED_NODES {
+            return self.err(format!(
+                "type aliases expand to more than {MAX_COPIED_NODES} type nodes"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a type nested deeper than [`MAX_DEPTH`] (aliases of arrays of aliases can
+    /// nest types without nesting the text).
+    fn check_depth(&self, class: FieldClass) -> R<FieldClass> {
+        if class.depth() > MAX_DEPTH {
+            return self.err(format!("types nest deeper than {MAX_DEPTH} levels"));
+        }
+        Ok(class)
     }
 
     // ---- type declarations ----
@@ -395,9 +421,11 @@ impl Parser {
         let (class, first) = self.type_and_first_name()?;
         let mut name = first;
         loop {
-            let class = self.dimensions(class.clone())?;
-            self.register_alias(name, class);
+            let copy = self.dimensions(class.clone())?;
+            self.register_alias(name, copy);
             if self.eat_punct(",") {
+                // Each further declarator is one more copy of the type.
+                self.copied(class.nodes())?;
                 name = self.word()?;
             } else {
                 break;
@@ -456,8 +484,11 @@ impl Parser {
         if dims.len() > MAX_DEPTH {
             return self.err(format!("more than {MAX_DEPTH} array dimensions"));
         }
+        if dims.is_empty() {
+            return Ok(element);
+        }
         // `a[2][3]` is two arrays of three: wrap from the last dimension outwards.
-        Ok(dims
+        let class = dims
             .into_iter()
             .rev()
             .fold(element, |element, dim| match dim {
@@ -469,7 +500,8 @@ impl Parser {
                     element: Box::new(element),
                     length,
                 },
-            }))
+            });
+        self.check_depth(class)
     }
 
     fn type_spec(&mut self) -> R<FieldClass> {
@@ -489,8 +521,15 @@ impl Parser {
                 }
                 FieldClass::String(encoding)
             }
-            "struct" => FieldClass::Struct(self.struct_spec()?),
-            "variant" => FieldClass::Variant(self.variant_spec()?),
+            // Aliases of arrays of aliases can nest types without nesting the text.
+            "struct" => {
+                let class = FieldClass::Struct(self.struct_spec()?);
+                self.check_depth(class)?
+            }
+            "variant" => {
+                let class = FieldClass::Variant(self.variant_spec()?);
+                self.check_depth(class)?
+            }
             "enum" => FieldClass::Enum(self.enum_spec()?),
             _ => return self.err(format!("unknown type specifier '{word}'")),
         };
@@ -621,12 +660,15 @@ impl Parser {
             let Some(name) = &name else {
                 return self.err("struct without a name or a body");
             };
-            self.scopes
+            let found = self
+                .scopes
                 .iter()
                 .rev()
                 .find_map(|s| s.structs.get(name))
                 .cloned()
-                .map_or_else(|| self.err(format!("unknown struct '{name}'")), Ok)?
+                .map_or_else(|| self.err(format!("unknown struct '{name}'")), Ok)?;
+            self.copied(1 + found.members.iter().map(|m| m.class.nodes()).sum::<usize>())?;
+            found
         };
         if self.is_word("align") && matches!(self.peek_at(1), Some(Tok::Punct("("))) {
             self.pos += 2;
@@ -670,6 +712,7 @@ impl Parser {
                 self.type_and_first_name()?
             };
             let mut name = first;
+            let nodes = class.nodes();
             loop {
                 let line = self.line();
                 let class = self.dimensions(class.clone())?;
@@ -682,6 +725,8 @@ impl Parser {
                     hidden: false,
                 });
                 if self.eat_punct(",") {
+                    // Each further declarator is one more copy of the type.
+                    self.copied(nodes)?;
                     name = self.word()?;
                 } else {
                     break;
@@ -742,6 +787,7 @@ impl Parser {
             .find_map(|s| s.variants.get(&name))
             .cloned()
             .map_or_else(|| self.err(format!("unknown variant '{name}'")), Ok)?;
+        self.copied(1 + class.options.iter().map(|o| o.class.nodes()).sum::<usize>())?;
         if tag.is_some() {
             class.tag = tag;
         }
@@ -777,13 +823,15 @@ impl Parser {
             let Some(name) = name else {
                 return self.err("enum without a name or a body");
             };
-            return self
+            let class = self
                 .scopes
                 .iter()
                 .rev()
                 .find_map(|s| s.enums.get(&name))
                 .cloned()
-                .map_or_else(|| self.err(format!("unknown enum '{name}'")), Ok);
+                .map_or_else(|| self.err(format!("unknown enum '{name}'")), Ok)?;
+            self.copied(1 + class.mappings.len())?;
+            return Ok(class);
         }
         let container = match container {
             Some(c) => c,
@@ -1415,6 +1463,24 @@ mod tests {
                 .contains("no trace block")
         );
         assert!(parse("trace { major = 2; };").is_err());
+    }
+
+    #[test]
+    fn alias_chains_cannot_nest_or_grow_without_bound() {
+        let mut body = String::from("typedef uint8_t t0[1];\n");
+        for i in 1..200 {
+            body.push_str(&format!("typedef t{} t{i}[1];\n", i - 1));
+        }
+        assert!(err(&body).contains("deeper than"));
+        // Each alias doubles the previous one: 2^30 members if expanded.
+        let mut body = String::from("typealias struct { uint8_t a; uint8_t b; } := s0;\n");
+        for i in 1..30 {
+            body.push_str(&format!(
+                "typealias struct {{ s{p} a; s{p} b; }} := s{i};\n",
+                p = i - 1
+            ));
+        }
+        assert!(err(&body).contains("more than"), "{}", err(&body));
     }
 
     #[test]
