@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use drtrace_proto::control::{
-    ControlReply, ControlRequest, DaemonStatus, SessionInfo, SessionState, SessionTarget,
+    ControlReply, ControlRequest, DaemonStatus, SessionInfo, SessionTarget,
 };
 use drtrace_proto::error::WireError;
 
@@ -21,6 +21,42 @@ fn session_reply(result: Result<SessionInfo, WireError>) -> ControlReply {
 pub(crate) async fn handle(daemon: &Rc<Daemon>, request: ControlRequest) -> ControlReply {
     match request {
         ControlRequest::DestroySession { target } => destroy_target(daemon, target).await,
+        ControlRequest::StartSession { name } => {
+            let _ops = daemon.ops.lock().await;
+            let result = daemon.registry.borrow().resolve(name.as_deref());
+            match result {
+                Ok(n) => session_reply(crate::sync::start(daemon, &n).await),
+                Err(e) => ControlReply::Error(e),
+            }
+        }
+        ControlRequest::StopSession { name } => {
+            let _ops = daemon.ops.lock().await;
+            let result = daemon.registry.borrow().resolve(name.as_deref());
+            match result {
+                Ok(n) => session_reply(crate::sync::stop(daemon, &n).await),
+                Err(e) => ControlReply::Error(e),
+            }
+        }
+        ControlRequest::ListApps => {
+            let apps = daemon.apps.borrow();
+            ControlReply::Apps(
+                apps.values()
+                    .filter(|a| a.is_alive())
+                    .map(|a| a.info())
+                    .collect(),
+            )
+        }
+        request @ (ControlRequest::EnableChannel { .. }
+        | ControlRequest::DisableChannel { .. }
+        | ControlRequest::EnableEvent { .. }
+        | ControlRequest::DisableEvent { .. }) => {
+            let _ops = daemon.ops.lock().await;
+            let reply = handle_registry(daemon, request);
+            if let ControlReply::Session(info) = &reply {
+                crate::sync::resync(daemon, &info.name).await;
+            }
+            reply
+        }
         request => handle_registry(daemon, request),
     }
 }
@@ -50,22 +86,6 @@ fn handle_registry(daemon: &Daemon, request: ControlRequest) -> ControlReply {
             session_reply(reg.resolve(name.as_deref()).and_then(|n| reg.info(&n)))
         }
         ControlRequest::SetCurrent { name } => session_reply(reg.set_current(&name)),
-        ControlRequest::StartSession { name } => session_reply(
-            reg.resolve(name.as_deref())
-                .and_then(|n| reg.set_state(&n, SessionState::Active).map(|()| n))
-                .and_then(|n| {
-                    log::info!("started session {n}");
-                    reg.info(&n)
-                }),
-        ),
-        ControlRequest::StopSession { name } => session_reply(
-            reg.resolve(name.as_deref())
-                .and_then(|n| reg.set_state(&n, SessionState::Inactive).map(|()| n))
-                .and_then(|n| {
-                    log::info!("stopped session {n}");
-                    reg.info(&n)
-                }),
-        ),
         ControlRequest::EnableChannel { session, channel } => session_reply(
             reg.resolve(session.as_deref())
                 .and_then(|n| reg.enable_channel(&n, channel).map(|()| n))
@@ -107,15 +127,18 @@ fn handle_registry(daemon: &Daemon, request: ControlRequest) -> ControlReply {
                 .and_then(|n| reg.info(&n)),
         ),
         ControlRequest::StopDaemon => ControlReply::Ok,
-        ControlRequest::ListApps => ControlReply::Apps(Vec::new()),
-        ControlRequest::DestroySession { .. } => ControlReply::Error(WireError::new(
+        ControlRequest::DestroySession { .. }
+        | ControlRequest::StartSession { .. }
+        | ControlRequest::StopSession { .. }
+        | ControlRequest::ListApps => ControlReply::Error(WireError::new(
             drtrace_proto::error::ErrorCode::Internal,
-            "destroy reached the registry-only path",
+            "request reached the registry-only path",
         )),
     }
 }
 
 async fn destroy_target(daemon: &Rc<Daemon>, target: SessionTarget) -> ControlReply {
+    let _ops = daemon.ops.lock().await;
     let names = {
         let reg = daemon.registry.borrow();
         match target {
@@ -130,7 +153,7 @@ async fn destroy_target(daemon: &Rc<Daemon>, target: SessionTarget) -> ControlRe
     };
     let mut destroyed = Vec::with_capacity(names.len());
     for name in names {
-        match destroy(daemon, &name).await {
+        match crate::sync::destroy(daemon, &name).await {
             Ok(info) => destroyed.push(info),
             Err(e) => return ControlReply::Error(e),
         }
@@ -138,22 +161,12 @@ async fn destroy_target(daemon: &Rc<Daemon>, target: SessionTarget) -> ControlRe
     ControlReply::Destroyed(destroyed)
 }
 
-/// Stops (if needed) and removes one session.
-async fn destroy(daemon: &Rc<Daemon>, name: &str) -> Result<SessionInfo, WireError> {
-    let mut reg = daemon.registry.borrow_mut();
-    if reg.get(name)?.state == SessionState::Active {
-        reg.set_state(name, SessionState::Inactive)?;
-    }
-    let info = reg.remove(name)?;
-    log::info!("destroyed session {name}");
-    Ok(info)
-}
-
 /// Destroys every session, at shutdown.
 pub(crate) async fn destroy_all(daemon: &Rc<Daemon>) {
+    let _ops = daemon.ops.lock().await;
     let names = daemon.registry.borrow().names();
     for name in names {
-        if let Err(e) = destroy(daemon, &name).await {
+        if let Err(e) = crate::sync::destroy(daemon, &name).await {
             log::warn!("cannot destroy session {name} at shutdown: {e}");
         }
     }

@@ -12,10 +12,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod apps;
+mod clock;
 mod conn;
+mod consumer;
 mod control;
+mod recording;
 mod registry;
 mod server;
+mod sync;
 
 use std::path::PathBuf;
 use std::time::Duration;

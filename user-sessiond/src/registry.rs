@@ -15,13 +15,6 @@ use drtrace_proto::error::{ErrorCode, WireError};
 use drtrace_proto::names::{check_event_pattern, check_name};
 use uuid::Uuid;
 
-/// Largest sub-buffer accepted: beyond this, a per-CPU buffer stops fitting comfortably in
-/// memory on small machines.
-pub(crate) const MAX_SUBBUF_SIZE: u32 = 256 << 20;
-/// Most sub-buffers per CPU buffer.
-pub(crate) const MAX_NUM_SUBBUF: u32 = 4096;
-/// Most bytes one per-CPU buffer may use.
-pub(crate) const MAX_BUFFER_BYTES: u64 = 1 << 32;
 /// Most sessions one daemon holds.
 pub(crate) const MAX_SESSIONS: usize = 256;
 /// Most event rules one channel holds.
@@ -42,6 +35,8 @@ pub(crate) struct Channel {
 /// A tracing session.
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
+    /// Identifies the session to apps and the consumer for this daemon's lifetime.
+    pub(crate) id: u64,
     pub(crate) name: String,
     pub(crate) uuid: Uuid,
     pub(crate) output: PathBuf,
@@ -86,6 +81,7 @@ impl Session {
 #[derive(Debug)]
 pub(crate) struct Registry {
     user_name: String,
+    next_id: u64,
     sessions: Vec<Session>,
     current: Option<String>,
 }
@@ -94,6 +90,7 @@ impl Registry {
     pub(crate) fn new(user_name: String) -> Self {
         Self {
             user_name,
+            next_id: 1,
             sessions: Vec::new(),
             current: None,
         }
@@ -190,7 +187,10 @@ impl Registry {
             .duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
+        let id = self.next_id;
+        self.next_id += 1;
         self.sessions.push(Session {
+            id,
             name: name.clone(),
             uuid,
             output,
@@ -416,33 +416,17 @@ fn check_channel(c: &ChannelConfig) -> Result<(), WireError> {
             "kernel channels are served by the root broker, which this daemon cannot reach yet",
         ));
     }
-    if !c.subbuf_size.is_power_of_two() || c.subbuf_size < 4096 || c.subbuf_size > MAX_SUBBUF_SIZE {
-        return Err(err(
+    let layout = drtrace_ringbuf::Layout {
+        subbuf_size: c.subbuf_size,
+        num_subbuf: c.num_subbuf,
+        mode: drtrace_ringbuf::Mode::Discard,
+    };
+    layout.validate().map_err(|e| {
+        err(
             ErrorCode::InvalidArgument,
-            format!(
-                "sub-buffer size {} must be a power of two between 4096 and {MAX_SUBBUF_SIZE}",
-                c.subbuf_size
-            ),
-        ));
-    }
-    if c.num_subbuf < 2 || c.num_subbuf > MAX_NUM_SUBBUF {
-        return Err(err(
-            ErrorCode::InvalidArgument,
-            format!(
-                "number of sub-buffers {} must be between 2 and {MAX_NUM_SUBBUF}",
-                c.num_subbuf
-            ),
-        ));
-    }
-    if u64::from(c.subbuf_size) * u64::from(c.num_subbuf) > MAX_BUFFER_BYTES {
-        return Err(err(
-            ErrorCode::InvalidArgument,
-            format!(
-                "{} sub-buffers of {} bytes exceed the {MAX_BUFFER_BYTES}-byte limit per CPU buffer",
-                c.num_subbuf, c.subbuf_size
-            ),
-        ));
-    }
+            format!("channel '{}': {e}", c.name),
+        )
+    })?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! touched only between awaits, so no lock is needed and no borrow spans a suspension.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -19,7 +20,11 @@ use drtrace_proto::frame::FrameError;
 use drtrace_proto::hello::{DaemonInfo, Hello, HelloReply, Role};
 use smol::{Async, LocalExecutor, Timer};
 
+use crate::apps::{App, AppNews};
+use crate::clock::ClockSetup;
+use crate::consumer::Consumer;
 use crate::control;
+use crate::recording::Recording;
 use crate::registry::Registry;
 
 /// Time a new peer has to send its hello.
@@ -39,6 +44,18 @@ pub(crate) struct Daemon {
     pub(crate) log_file: Option<PathBuf>,
     pub(crate) started: Instant,
     pub(crate) registry: RefCell<Registry>,
+    /// Live applications by id.
+    pub(crate) apps: RefCell<BTreeMap<u64, Rc<App>>>,
+    /// Buffers and metadata of sessions that have been started, by session id.
+    pub(crate) recordings: RefCell<BTreeMap<u64, Recording>>,
+    pub(crate) consumer: Rc<Consumer>,
+    /// Serialises operations that change what apps and the consumer hold.
+    pub(crate) ops: smol::lock::Mutex<()>,
+    pub(crate) clock: ClockSetup,
+    pub(crate) cpus: u32,
+    pub(crate) next_stream: Cell<u64>,
+    next_app: Cell<u64>,
+    pub(crate) ex: Rc<LocalExecutor<'static>>,
     connections: Cell<usize>,
     shutdown: smol::channel::Sender<()>,
 }
@@ -64,17 +81,27 @@ pub(crate) fn run(
         .take_listener()
         .ok_or_else(|| std::io::Error::other("the listener was already taken"))?;
     let (shutdown_tx, shutdown_rx) = smol::channel::bounded(1);
+    let ex = Rc::new(LocalExecutor::new());
+    let clock = ClockSetup::detect();
     let daemon = Rc::new(Daemon {
         uid: info.uid,
         info,
+        consumer: Rc::new(Consumer::new(Rc::clone(&ex), log_file.clone())),
         socket,
         log_file,
         started: Instant::now(),
         registry: RefCell::new(Registry::new(user_name)),
+        apps: RefCell::new(BTreeMap::new()),
+        recordings: RefCell::new(BTreeMap::new()),
+        ops: smol::lock::Mutex::new(()),
+        clock,
+        cpus: crate::recording::possible_cpus(),
+        next_stream: Cell::new(1),
+        next_app: Cell::new(1),
+        ex: Rc::clone(&ex),
         connections: Cell::new(0),
         shutdown: shutdown_tx,
     });
-    let ex = Rc::new(LocalExecutor::new());
     let listener = Async::new(listener)?;
     let signals = Async::new(signals)?;
     smol::block_on(ex.run(serve(
@@ -207,11 +234,78 @@ async fn serve_peer(daemon: &Rc<Daemon>, stream: Async<UnixStream>) {
                 control_loop(daemon, conn).await;
             }
         }
-        role => {
-            let msg = format!("the session daemon does not serve {role:?} connections yet");
-            refuse(&conn, ErrorCode::Unsupported, msg.to_lowercase()).await;
+        Role::App => {
+            if conn
+                .send(&HelloReply::Welcome(daemon.info.clone()), &[])
+                .await
+                .is_ok()
+            {
+                serve_app(daemon, conn).await;
+            }
+        }
+        Role::Consumer | Role::Sessiond => {
+            let msg = format!(
+                "the session daemon does not accept {} connections on its socket",
+                match hello.role {
+                    Role::Consumer => "consumer",
+                    _ => "session daemon",
+                }
+            );
+            refuse(&conn, ErrorCode::Unsupported, msg).await;
         }
     }
+}
+
+async fn serve_app(daemon: &Rc<Daemon>, mut conn: crate::conn::Conn) {
+    let reg = match crate::apps::receive_registration(&mut conn).await {
+        Ok(reg) => reg,
+        Err(e) => {
+            log::warn!("pid {} uid {}: {e}; closing", conn.cred.pid, conn.cred.uid);
+            return;
+        }
+    };
+    let id = daemon.next_app.get();
+    daemon.next_app.set(id + 1);
+    let (app, task) = crate::apps::new_app(id, reg);
+    log::info!(
+        "app {} (pid {}) registered with {} events",
+        app.procname,
+        app.pid,
+        app.events.borrow().len()
+    );
+    daemon.apps.borrow_mut().insert(id, Rc::clone(&app));
+    // Push every session's state, then release the app's start-up wait. Done in its own task
+    // because it talks to the app through the task below.
+    let d = Rc::clone(daemon);
+    let a = Rc::clone(&app);
+    daemon
+        .ex
+        .spawn(async move {
+            let _ops = d.ops.lock().await;
+            crate::sync::sync_app_all_sessions(&d, &a).await;
+            let _ = a
+                .call(drtrace_proto::app::AppCommand::RegistrationDone, Vec::new())
+                .await;
+        })
+        .detach();
+    let d = Rc::clone(daemon);
+    let a = Rc::clone(&app);
+    let end = crate::apps::run_app(&app, task, conn, move |news| match news {
+        AppNews::NewEvents => {
+            let d = Rc::clone(&d);
+            let a = Rc::clone(&a);
+            d.ex.clone()
+                .spawn(async move {
+                    let _ops = d.ops.lock().await;
+                    crate::sync::sync_app_all_sessions(&d, &a).await;
+                })
+                .detach();
+        }
+    })
+    .await;
+    log::info!("app {} (pid {}) left: {end}", app.procname, app.pid);
+    let _ops = daemon.ops.lock().await;
+    crate::sync::app_gone(daemon, &app).await;
 }
 
 /// Answers unreadable input with an error (when the peer can still hear it) and logs it.
