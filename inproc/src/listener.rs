@@ -257,6 +257,13 @@ impl Watcher {
     /// would appear.
     fn arm(&mut self, path: &Path) -> nix::Result<()> {
         let (dir, name) = nearest_existing(path).ok_or(Errno::ENOENT)?;
+        if self.watch.as_ref().is_none_or(|(d, _)| *d != dir) || self.name != name {
+            crate::debug::log(format_args!(
+                "watching {} for {}",
+                dir.display(),
+                name.to_string_lossy()
+            ));
+        }
         if let Some((old, wd)) = self.watch.take() {
             if old == dir {
                 self.watch = Some((old, wd));
