@@ -69,6 +69,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+mod bench;
 mod callsite;
 mod channel;
 mod debug;
@@ -168,9 +169,10 @@ macro_rules! provider {
                                 mask: u64,
                                 $($arg: $ty),*
                             ) {
-                                let len = 0usize $(+ $crate::Field::encoded_len(&$arg))*;
+                                $(let $arg = $crate::Field::prepare(&$arg);)*
+                                let len = 0usize $(+ $crate::__private::Encode::encoded_len(&$arg))*;
                                 $crate::__private::record(cs, mask, len, |_slot| {
-                                    $($crate::Field::encode(&$arg, _slot);)*
+                                    $($crate::__private::Encode::encode(&$arg, _slot);)*
                                 });
                             }
                             __slow(cs, mask, $($arg),*);
@@ -199,9 +201,15 @@ macro_rules! __drtrace_level {
 pub mod __private {
     pub use crate::callsite::{Callsite, FieldMeta, Provider, level_enabled, register_provider};
     pub use crate::channel::record;
+    pub use crate::field::Encode;
     /// The start-up the library's constructor runs; idempotent. For programs whose
     /// constructors do not run (or benchmarks that want it explicit).
     pub use crate::runtime::start;
+
+    /// In-process recording for the benchmarks.
+    pub mod bench {
+        pub use crate::bench::{Session, record_all};
+    }
 
     /// Number of events of a provider (for the callsite array's length).
     pub const fn count(names: &[&str]) -> usize {

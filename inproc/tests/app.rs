@@ -269,7 +269,10 @@ fn a_hung_daemon_delays_start_up_by_the_ping_timeout_only() {
     let mut app = spawn_child(
         &scratch,
         "first_lines",
-        &[("DRTRACE_REGISTER_TIMEOUT_MS", "5000")],
+        &[
+            ("DRTRACE_REGISTER_TIMEOUT_MS", "5000"),
+            ("DRTRACE_PING_TIMEOUT_MS", "10"),
+        ],
     );
     let line = app.expect_line("start-up done in");
     app.expect_line("emitted");
@@ -324,7 +327,7 @@ fn a_late_daemon_is_registered_with_promptly() {
         }
         let bound = Instant::now();
         let daemon = FakeDaemon::bind(&scratch.socket());
-        let mut conn = daemon.accept();
+        let mut conn = daemon.accept_from(&mut app);
         let latency = conn.registered_at - bound;
         eprintln!("late daemon (inotify {inotify}) registered after {latency:?}");
         // The target is 100 ms; the margin is for a loaded machine.
@@ -365,7 +368,7 @@ fn a_dead_daemon_is_waited_for_and_its_restart_re_registered() {
 
     let daemon = FakeDaemon::bind(&scratch.socket());
     let bound = Instant::now();
-    let mut conn = daemon.accept();
+    let mut conn = daemon.accept_from(&mut app);
     eprintln!(
         "restarted daemon registered after {:?}",
         conn.registered_at - bound

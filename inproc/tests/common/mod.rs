@@ -80,6 +80,9 @@ pub fn spawn_child(scratch: &Scratch, scenario: &str, env: &[(&str, &str)]) -> C
         // The broker's directory does not exist: that listener just waits.
         .env("DRTRACE_BROKER_DIR", scratch.path("broker"))
         .env("DRTRACE_DEBUG", "1")
+        // A loaded machine may take more than the default 10 ms to get the fake daemon to
+        // answer; the tests that measure the ping timeout set it back.
+        .env("DRTRACE_PING_TIMEOUT_MS", "5000")
         .env_remove("DRTRACE_DISABLE")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -131,6 +134,14 @@ pub struct ChildApp {
 impl ChildApp {
     pub fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).unwrap()
+    }
+
+    /// Everything the child printed so far.
+    pub fn output_so_far(&mut self) -> String {
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(100)) {
+            self.seen.push(l);
+        }
+        self.seen.join("\n")
     }
 
     /// Waits for an output line containing `needle`; returns it.
@@ -210,20 +221,34 @@ impl FakeDaemon {
 
     /// Accepts the next app, greets it and reads its registration.
     pub fn accept(&self) -> AppConn {
+        self.try_accept().expect("no app connected")
+    }
+
+    /// Like [`accept`](Self::accept), showing `app`'s output if no app connects.
+    pub fn accept_from(&self, app: &mut ChildApp) -> AppConn {
+        match self.try_accept() {
+            Some(conn) => conn,
+            None => panic!("no app connected; app output:\n{}", app.output_so_far()),
+        }
+    }
+
+    fn try_accept(&self) -> Option<AppConn> {
         self.listener.set_nonblocking(true).unwrap();
         let end = Instant::now() + LONG;
         let stream = loop {
             match self.listener.accept() {
                 Ok((s, _)) => break s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    assert!(Instant::now() < end, "no app connected");
+                    if Instant::now() > end {
+                        return None;
+                    }
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(e) => panic!("accept: {e}"),
             }
         };
         stream.set_nonblocking(false).unwrap();
-        AppConn::greet(stream)
+        Some(AppConn::greet(stream))
     }
 
     /// Stops listening and removes the socket, as a daemon that exits does.
