@@ -2,7 +2,7 @@
 //! `DRTRACE_DEBUG=1`, otherwise silent (the host program's stderr is not ours).
 
 use std::fmt;
-use std::io::Write;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Turns diagnostics on when set to `1`.
@@ -28,12 +28,13 @@ pub(crate) fn enabled() -> bool {
 
 /// Prints one diagnostic line, prefixed with the pid, when enabled. Write errors are ignored:
 /// a closed stderr must not disturb the host.
+///
+/// The line goes out in one `write(2)` on descriptor 2, without taking the lock of
+/// `std::io::stderr()`: a forked child logs too, and the lock may have been held by a parent
+/// thread that does not exist in the child.
 pub(crate) fn log(args: fmt::Arguments<'_>) {
     if enabled() {
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "drtrace[{}]: {args}",
-            std::process::id()
-        );
+        let line = format!("drtrace[{}]: {args}\n", std::process::id());
+        let _ = nix::unistd::write(std::io::stderr().as_fd(), line.as_bytes());
     }
 }

@@ -12,7 +12,9 @@
 //!    eventfds): a daemon learns that the parent is gone by its connection closing, which an
 //!    inherited copy would prevent;
 //! 4. starts a fresh runtime (new state, new listeners, as this pid) and waits for it like
-//!    the constructor does: bounded by the ping and register timeouts.
+//!    the constructor does: bounded by the ping and register timeouts. It reuses the
+//!    parent's settings (timeouts, daemon sockets): the child reads neither the environment
+//!    (whose lock a parent thread may have held) nor the password database (NSS locks).
 //!
 //! Steps 1–3 are atomic stores and `mmap`/`close` system calls, all async-signal-safe. Step 4
 //! allocates, creates threads and waits on a condition variable, which POSIX does not promise
@@ -29,6 +31,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use crate::callsite::for_each_callsite;
 use crate::channel::{self, MAX_SLOTS};
@@ -49,7 +52,11 @@ fn after_fork_child() {
             ch.retire(|fd| parked.push(fd));
         }
     }
-    if let Some(old) = runtime::current() {
+    let Some(old) = runtime::current() else {
+        // The handler is registered by start-up, which makes a runtime first.
+        return;
+    };
+    {
         if let Ok(mut state) = old.state.try_lock() {
             parked.extend(state.take_parked());
         }
@@ -70,5 +77,9 @@ fn after_fork_child() {
         }
     }
     crate::debug::log(format_args!("forked: registering as a new process"));
-    runtime::start_with(State::with_parked(parked));
+    runtime::start_with(
+        Instant::now(),
+        old.settings.clone(),
+        State::with_parked(parked),
+    );
 }

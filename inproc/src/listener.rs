@@ -100,16 +100,13 @@ pub(crate) struct First {
 /// Start-up's attempt to reach `ep`, in the constructor's thread: the hello must complete
 /// before `deadline`. `None` when there is no daemon, it is silent, or it refused us; the
 /// listener then keeps trying in the background.
-pub(crate) fn first_attempt(ep: Endpoint, deadline: Instant) -> Option<First> {
-    let (path, uid) = ep
-        .resolve()
-        .map_err(|e| crate::debug::log(format_args!("cannot locate the {ep}: {e}")))
-        .ok()?;
+pub(crate) fn first_attempt(rt: &Runtime, ep: Endpoint, deadline: Instant) -> Option<First> {
+    let (path, uid) = rt.settings.endpoint(ep)?;
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return None;
     }
-    match Connection::connect(&path, Role::App, uid, left) {
+    match Connection::connect(path, Role::App, *uid, left) {
         Ok(conn) => Some(First { conn }),
         Err(ConnectError::NoDaemon { .. }) => None,
         Err(e) => {
@@ -142,17 +139,13 @@ fn listen(rt: &'static Runtime, ep: Endpoint, mut first: Option<First>) {
     // Quick retries are earned by an inotify event or a daemon's exit, not at start.
     let mut retries = RETRY_AFTER_EVENT.len();
     let mut backoff = BACKOFF_MIN;
+    let Some((path, uid)) = rt.settings.endpoint(ep) else {
+        // Not locatable (no password-database entry, for instance): nothing to listen for.
+        rt.startup.set(ep, Phase::Done);
+        return;
+    };
+    let (path, uid) = (path.as_path(), *uid);
     loop {
-        let (path, uid) = match ep.resolve() {
-            Ok(found) => found,
-            Err(e) => {
-                crate::debug::log(format_args!(
-                    "cannot locate the {ep}: {e}; not tracing for it"
-                ));
-                rt.startup.set(ep, Phase::Done);
-                return;
-            }
-        };
         // Past the probing phase, arm the watch first: an arrival after this point wakes
         // the wait below.
         if watcher.is_none() && began.elapsed() >= PROBE_PHASE {
@@ -163,10 +156,10 @@ fn listen(rt: &'static Runtime, ep: Endpoint, mut first: Option<First>) {
                 fds.watch.store(w.raw_fd(), Ordering::Relaxed);
             }
         }
-        let armed = watcher.as_mut().is_some_and(|w| w.arm(&path).is_ok());
+        let armed = watcher.as_mut().is_some_and(|w| w.arm(path).is_ok());
         let attempt = match first.take() {
             Some(First { conn }) => Ok(conn),
-            None => Connection::connect(&path, Role::App, uid, HELLO_TIMEOUT),
+            None => Connection::connect(path, Role::App, uid, HELLO_TIMEOUT),
         };
         let next = match attempt {
             Ok(conn) => {

@@ -37,6 +37,7 @@
 //! the background, and every listener waits for its daemon again after it dies.
 
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -58,20 +59,35 @@ pub const ENV_DISABLE: &str = "DRTRACE_DISABLE";
 /// Default bound on the whole registration wait (`DRTRACE_REGISTER_TIMEOUT_MS`).
 pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_millis(3000);
 
-/// Timeouts, read from the environment once per start.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Config {
+/// Timeouts and daemon sockets, read from the environment (and the password database)
+/// once, by the first start-up. A forked child reuses its parent's: it must not read the
+/// environment or call into NSS, whose locks a vanished parent thread may hold.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
     pub(crate) ping_timeout: Duration,
     pub(crate) register_timeout: Duration,
+    /// Per endpoint: its socket and the uid its daemon must run as, if it can be located.
+    pub(crate) endpoints: [Option<(PathBuf, u32)>; Endpoint::COUNT],
 }
 
-impl Config {
+impl Settings {
     pub(crate) fn from_env() -> Self {
+        let locate = |ep: Endpoint| {
+            ep.resolve()
+                .map_err(|e| crate::debug::log(format_args!("cannot locate the {ep}: {e}")))
+                .ok()
+        };
         Self {
             ping_timeout: env_ms(ENV_PING_TIMEOUT_MS).unwrap_or(DEFAULT_PING_TIMEOUT),
             register_timeout: env_ms(drtrace_proto::paths::ENV_REGISTER_TIMEOUT_MS)
                 .unwrap_or(DEFAULT_REGISTER_TIMEOUT),
+            endpoints: Endpoint::ALL.map(locate),
         }
+    }
+
+    /// Where daemon `ep` listens, if known.
+    pub(crate) fn endpoint(&self, ep: Endpoint) -> Option<&(PathBuf, u32)> {
+        self.endpoints[ep.index()].as_ref()
     }
 }
 
@@ -159,13 +175,14 @@ pub(crate) struct ListenerFds {
 /// fresh one and leaks the parent's (whose mutex a parent thread may hold forever).
 #[derive(Debug)]
 pub(crate) struct Runtime {
+    pub(crate) settings: Settings,
     pub(crate) state: Mutex<State>,
     pub(crate) startup: Startup,
     pub(crate) listeners: [ListenerFds; Endpoint::COUNT],
 }
 
 impl Runtime {
-    fn new(state: State) -> Self {
+    fn new(settings: Settings, state: State) -> Self {
         let fds = || ListenerFds {
             notify: EventFd::from_value_and_flags(
                 0,
@@ -176,6 +193,7 @@ impl Runtime {
             watch: AtomicI32::new(-1),
         };
         Self {
+            settings,
             state: Mutex::new(state),
             startup: Startup::new(),
             listeners: [fds(), fds()],
@@ -212,19 +230,19 @@ pub fn start() {
             "no fork handler ({e}): forked children are not traced"
         ));
     }
-    start_with(State::default());
+    let began = Instant::now();
+    start_with(began, Settings::from_env(), State::default());
 }
 
 /// Builds a runtime around `state`, spawns the listeners and waits for them, bounded.
-pub(crate) fn start_with(state: State) {
-    let began = Instant::now();
-    let config = Config::from_env();
-    let rt: &'static Runtime = Box::leak(Box::new(Runtime::new(state)));
+pub(crate) fn start_with(began: Instant, settings: Settings, state: State) {
+    let register_deadline = began + settings.register_timeout;
+    let ping_deadline = began + settings.ping_timeout.min(settings.register_timeout);
+    let rt: &'static Runtime = Box::leak(Box::new(Runtime::new(settings, state)));
     // Release: pairs with the Acquire in `current`, which must see the runtime built.
     RUNTIME.store(Some(rt), Ordering::Release);
-    let ping_deadline = began + config.ping_timeout.min(config.register_timeout);
     for ep in Endpoint::ALL {
-        let first = crate::listener::first_attempt(ep, ping_deadline);
+        let first = crate::listener::first_attempt(rt, ep, ping_deadline);
         if first.is_some() {
             rt.startup.set(ep, Phase::Registering);
         }
@@ -237,7 +255,7 @@ pub(crate) fn start_with(state: State) {
             rt.startup.set(ep, Phase::Done);
         }
     }
-    rt.startup.wait(began + config.register_timeout);
+    rt.startup.wait(register_deadline);
     crate::debug::log(format_args!("start-up done in {:?}", began.elapsed()));
 }
 
