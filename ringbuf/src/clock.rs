@@ -94,9 +94,10 @@ fn tsc() -> u64 {
     monotonic_ns()
 }
 
-/// True when the TSC can be a clock: x86_64 and `/proc/cpuinfo` lists both
-/// `constant_tsc` (fixed rate across frequency changes) and `nonstop_tsc` (keeps counting
-/// in deep C-states).
+/// True when the TSC can be a clock: x86_64, `/proc/cpuinfo` lists both `constant_tsc`
+/// (fixed rate across frequency changes) and `nonstop_tsc` (keeps counting in deep
+/// C-states) on every CPU, and the kernel's current clocksource is `tsc` (it found the
+/// counters synchronized across CPUs and has not marked them unstable since).
 pub fn tsc_invariant() -> bool {
     if !cfg!(target_arch = "x86_64") {
         return false;
@@ -104,7 +105,12 @@ pub fn tsc_invariant() -> bool {
     let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
         return false;
     };
-    cpuinfo_has_invariant_tsc(&cpuinfo)
+    // The kernel checks TSC synchronization across CPUs at boot and keeps watching it; if
+    // it switched to another clocksource, the TSC is not one clock for all CPUs.
+    let kernel_trusts_tsc =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .is_ok_and(|s| s.trim() == "tsc");
+    cpuinfo_has_invariant_tsc(&cpuinfo) && kernel_trusts_tsc
 }
 
 /// True when every `flags` line of a `/proc/cpuinfo` text has both invariant-TSC flags.
@@ -165,9 +171,9 @@ const CAL_MAX_RESIDUAL_NS: u64 = 5_000;
 
 /// Measures the TSC against CLOCK_MONOTONIC over about 30 ms.
 ///
-/// Returns `None` when the TSC is not usable: not x86_64, not invariant (see
-/// [`tsc_invariant`]), too few clean samples, an implausible frequency, or a sample more
-/// than 5 µs off the fitted line.
+/// Returns `None` when the TSC is not usable: not x86_64, not invariant or not trusted by
+/// the kernel (see [`tsc_invariant`]), too few clean samples, an implausible frequency, or
+/// a sample more than 5 µs off the fitted line.
 pub fn calibrate_tsc() -> Option<TscCalibration> {
     if !tsc_invariant() {
         return None;

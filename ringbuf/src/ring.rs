@@ -101,8 +101,9 @@ pub(crate) const EXTENDED_HEADER: u64 = 13;
 /// Timestamp bits a compact header carries.
 pub(crate) const COMPACT_TS_BITS: u32 = 27;
 /// Attempts of one reservation before the event is dropped (and counted): a writer never
-/// spins without bound, even against a hostile process rewriting the header.
-pub(crate) const MAX_TRIES: u32 = 64;
+/// spins without bound, even against a hostile process rewriting the header. High enough
+/// that honest contention (two CPUs hammering one buffer) practically never reaches it.
+pub(crate) const MAX_TRIES: u32 = 1024;
 
 /// Access to one buffer's memory: the real mapping, or the loom model's heap copy.
 pub(crate) trait Backend {

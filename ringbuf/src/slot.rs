@@ -105,7 +105,9 @@ mod mapped {
     /// them out. A value that does not fit in what is left of the reserved length is not
     /// written at all (the bytes stay zero). Committing happens on [`Slot::commit`] or on
     /// drop, whichever comes first; unwritten payload bytes are zeroed, so an abandoned slot
-    /// still commits a well-formed record.
+    /// still commits a well-formed record. Only a slot that is never dropped (the process
+    /// dies, or `mem::forget`) leaves its sub-buffer incomplete, until the reader's
+    /// `check_stuck` gives it up.
     ///
     /// ```
     /// # use drtrace_ringbuf::{create_buffer, ClockSource, Layout, Mode, Reader, Writer};
