@@ -55,6 +55,15 @@ fn types(id: u32) -> Option<Vec<FieldType>> {
 
 #[test]
 fn every_process_records_the_documented_events() {
+    if drtrace::MAX_LEVEL != Some(drtrace::LogLevel::Debug) {
+        // A `max_level_*` feature of drtrace (feature unification) compiled some demo events
+        // out; the counts below assume all of them.
+        eprintln!(
+            "skipped: drtrace is built with MAX_LEVEL {:?}",
+            drtrace::MAX_LEVEL
+        );
+        return;
+    }
     let scratch = Scratch::new();
     let daemon = FakeDaemon::bind(&scratch.socket());
     let (threads, iterations, processes) = (2u64, 5u64, 2);

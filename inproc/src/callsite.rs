@@ -22,23 +22,38 @@ use crate::sys::static_ref::StaticRef;
 
 /// The most verbose level compiled in, from the `max_level_*` features (most restrictive
 /// wins); `None` when `max_level_off` compiles every event out.
-pub const MAX_LEVEL: Option<LogLevel> = if cfg!(feature = "max_level_off") {
-    None
-} else if cfg!(feature = "max_level_error") {
-    Some(LogLevel::Error)
-} else if cfg!(feature = "max_level_warn") {
-    Some(LogLevel::Warning)
-} else if cfg!(feature = "max_level_info") {
-    Some(LogLevel::Info)
-} else {
-    Some(LogLevel::Debug)
-};
+pub const MAX_LEVEL: Option<LogLevel> = max_level(
+    cfg!(feature = "max_level_off"),
+    cfg!(feature = "max_level_error"),
+    cfg!(feature = "max_level_warn"),
+    cfg!(feature = "max_level_info"),
+);
+
+/// The level the `max_level_*` features select (`max_level_debug`, or none, keeps all).
+const fn max_level(off: bool, error: bool, warn: bool, info: bool) -> Option<LogLevel> {
+    if off {
+        None
+    } else if error {
+        Some(LogLevel::Error)
+    } else if warn {
+        Some(LogLevel::Warning)
+    } else if info {
+        Some(LogLevel::Info)
+    } else {
+        Some(LogLevel::Debug)
+    }
+}
 
 /// True when events of `level` are compiled in. Used in a `const` by the generated code, so
 /// a disabled level leaves no code behind.
 #[inline(always)]
 pub const fn level_enabled(level: LogLevel) -> bool {
-    match MAX_LEVEL {
+    level_within(level, MAX_LEVEL)
+}
+
+/// True when `level` is at most as verbose as `max` (syslog order: lower is more severe).
+const fn level_within(level: LogLevel, max: Option<LogLevel>) -> bool {
+    match max {
         None => false,
         Some(max) => level as u8 <= max as u8,
     }
@@ -235,6 +250,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_most_restrictive_feature_wins() {
+        assert_eq!(max_level(false, false, false, false), Some(LogLevel::Debug));
+        assert_eq!(max_level(false, false, false, true), Some(LogLevel::Info));
+        assert_eq!(max_level(false, false, true, true), Some(LogLevel::Warning));
+        assert_eq!(max_level(false, true, true, false), Some(LogLevel::Error));
+        assert_eq!(max_level(true, true, false, true), None);
+        // Levels more severe than the maximum stay in: `Notice` sits between warning and
+        // info, so `max_level_info` keeps it and `max_level_warn` drops it.
+        let info = max_level(false, false, false, true);
+        let warn = max_level(false, false, true, false);
+        assert!(level_within(LogLevel::Notice, info));
+        assert!(!level_within(LogLevel::Debug, info));
+        assert!(!level_within(LogLevel::Notice, warn));
+        assert!(level_within(LogLevel::Emergency, warn));
+        assert!(!level_within(LogLevel::Emergency, None));
+    }
+
+    // The tests below register Info and Debug events: they need the default features.
+    #[cfg(not(any(
+        feature = "max_level_off",
+        feature = "max_level_error",
+        feature = "max_level_warn",
+        feature = "max_level_info"
+    )))]
+    #[test]
     fn level_filter_follows_the_features() {
         // The unit tests build without `max_level_*` features: everything is compiled in.
         assert_eq!(MAX_LEVEL, Some(LogLevel::Debug));
@@ -242,19 +282,44 @@ mod tests {
         assert!(level_enabled(LogLevel::Emergency));
     }
 
-    static FIELDS: [FieldMeta; 2] = [
-        FieldMeta::new("a", FieldType::U32),
-        FieldMeta::new("s", FieldType::String),
-    ];
-    static SITES: [Callsite; 3] = [
-        Callsite::new("one", LogLevel::Info, &FIELDS),
-        Callsite::new("bad name", LogLevel::Info, &[]),
-        Callsite::new("two", LogLevel::Debug, &[]),
-    ];
-    static UNIT: Provider = Provider::new("unit_provider", &SITES);
+    /// With `max_level_warn`, events below warning are neither compiled nor registered.
+    #[cfg(all(
+        feature = "max_level_warn",
+        not(feature = "max_level_off"),
+        not(feature = "max_level_error")
+    ))]
+    #[test]
+    fn events_above_the_max_level_are_not_registered() {
+        assert_eq!(MAX_LEVEL, Some(LogLevel::Warning));
+        static WARN_SITES: [Callsite; 2] = [
+            Callsite::new("loud", LogLevel::Warning, &[]),
+            Callsite::new("chatty", LogLevel::Info, &[]),
+        ];
+        static WARN: Provider = Provider::new("unit_levels", &WARN_SITES);
+        register_provider(&WARN);
+        assert_ne!(WARN_SITES[0].index(), NO_INDEX);
+        assert_eq!(WARN_SITES[1].index(), NO_INDEX);
+    }
 
+    #[cfg(not(any(
+        feature = "max_level_off",
+        feature = "max_level_error",
+        feature = "max_level_warn",
+        feature = "max_level_info"
+    )))]
     #[test]
     fn registration_assigns_contiguous_indexes_and_skips_invalid_names() {
+        static FIELDS: [FieldMeta; 2] = [
+            FieldMeta::new("a", FieldType::U32),
+            FieldMeta::new("s", FieldType::String),
+        ];
+        static SITES: [Callsite; 3] = [
+            Callsite::new("one", LogLevel::Info, &FIELDS),
+            Callsite::new("bad name", LogLevel::Info, &[]),
+            Callsite::new("two", LogLevel::Debug, &[]),
+        ];
+        static UNIT: Provider = Provider::new("unit_provider", &SITES);
+
         register_provider(&UNIT);
         register_provider(&UNIT);
         let events = registered_events();

@@ -150,6 +150,10 @@ pub(crate) struct Channel {
 impl Channel {
     /// The wake-up descriptor numbers of its buffers.
     #[cfg(test)]
+    #[allow(
+        dead_code,
+        reason = "for the registry tests, which need the default level features"
+    )]
     pub(crate) fn wake_numbers(&self) -> Vec<RawFd> {
         self.buffers.iter().filter_map(|b| b.wake).collect()
     }
@@ -157,6 +161,10 @@ impl Channel {
     /// Writes a record the way a writer preempted inside [`record`] would, whatever the
     /// channel's state.
     #[cfg(test)]
+    #[allow(
+        dead_code,
+        reason = "for the registry tests, which need the default level features"
+    )]
     pub(crate) fn late_write_for_test(&self, id: u32, payload: &[u8]) {
         for b in self.buffers.iter() {
             if let Some(mut slot) = b.writer.reserve(id, payload.len()) {

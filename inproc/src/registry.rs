@@ -236,12 +236,25 @@ impl State {
 
     /// Number of channels mapped.
     #[cfg(test)]
+    #[allow(
+        dead_code,
+        reason = "for the registry tests, which need the default level features"
+    )]
     pub(crate) fn live_count(&self) -> usize {
         self.live.len()
     }
 }
 
-#[cfg(test)]
+// These tests record Info and Warning events: they need the default level features.
+#[cfg(all(
+    test,
+    not(any(
+        feature = "max_level_off",
+        feature = "max_level_error",
+        feature = "max_level_warn",
+        feature = "max_level_info"
+    ))
+))]
 mod tests {
     use std::os::fd::OwnedFd;
     use std::sync::{Mutex, PoisonError};
