@@ -495,21 +495,28 @@ fn serve(rt: &Runtime, ep: Endpoint, conn: &Connection) -> End {
             Ok(None) => continue,
             Err(e) => return End::Frame(e),
         };
-        let (seq, result) = handle(rt, ep, &frame.payload, frame.fds);
+        let (seq, result, done) = handle(rt, ep, &frame.payload, frame.fds);
         let reply = AppMessage::Reply { seq, result };
-        if let Err(e) = conn.send(&reply, &[], SEND_TIMEOUT) {
+        let sent = conn.send(&reply, &[], SEND_TIMEOUT);
+        if done {
+            // Only now: the start-up wait ending lets a short-lived program exit, and the
+            // daemon must still get its reply.
+            rt.startup.set(ep, Phase::Done);
+        }
+        if let Err(e) = sent {
             return End::Send(e);
         }
     }
 }
 
-/// Decodes and applies one command; returns the sequence number to answer and the outcome.
+/// Decodes and applies one command; returns the sequence number to answer, the outcome, and
+/// whether it was `RegistrationDone`.
 fn handle(
     rt: &Runtime,
     ep: Endpoint,
     payload: &[u8],
     fds: Vec<OwnedFd>,
-) -> (u64, Result<(), WireError>) {
+) -> (u64, Result<(), WireError>, bool) {
     let request: AppRequest = match decode_json(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -523,6 +530,7 @@ fn handle(
                     ErrorCode::BadRequest,
                     format!("malformed command: {e}"),
                 )),
+                false,
             );
         }
     };
@@ -539,10 +547,7 @@ fn handle(
     if let Err(e) = &result {
         crate::debug::log(format_args!("{ep} command {} failed: {e}", request.seq));
     }
-    if done {
-        rt.startup.set(ep, Phase::Done);
-    }
-    (request.seq, result)
+    (request.seq, result, done)
 }
 
 /// The `seq` of a command that could not be decoded, if it has one; else 0.

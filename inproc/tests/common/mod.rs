@@ -326,7 +326,8 @@ impl AppConn {
     /// Reads messages until the reply to `seq`, collecting late events on the way.
     pub fn reply_to(&mut self, seq: u64) -> Result<(), WireError> {
         loop {
-            let (msg, _): (AppMessage, _) = recv_message(&self.stream, LONG).unwrap();
+            let (msg, _): (AppMessage, _) = recv_message(&self.stream, LONG)
+                .unwrap_or_else(|e| panic!("app pid {} (seq {seq}): {e}", self.reg.pid));
             match msg {
                 AppMessage::Reply { seq: s, result } if s == seq => return result,
                 AppMessage::Reply { seq: s, .. } => panic!("reply to {s}, expected {seq}"),
