@@ -35,7 +35,7 @@
 //! `AppMessage::Reply`; a command that cannot be decoded gets an error reply with the
 //! sequence number it carried (or 0), and the connection goes on.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -87,6 +87,8 @@ const PROBE_PHASE: Duration = Duration::from_secs(2);
 /// Period of the probe, and of the fallback when inotify is unavailable (its per-user
 /// instance limit): short enough to register within 100 ms of a daemon's arrival.
 const PROBE_PERIOD: Duration = Duration::from_millis(80);
+/// Bound on re-arming rounds while directories on the way to the socket keep appearing.
+const MAX_ARM_ROUNDS: usize = 16;
 /// A session shorter than this that ended in a protocol error counts as a failed attempt
 /// (backoff), so a daemon that closes at once cannot make the listener spin.
 const SHORT_SESSION: Duration = Duration::from_secs(1);
@@ -249,14 +251,21 @@ impl Watcher {
     /// Watches the directory where `path` (or the first missing directory on its way)
     /// would appear.
     fn arm(&mut self, path: &Path) -> nix::Result<()> {
-        let (dir, name) = nearest_existing(path).ok_or(Errno::ENOENT)?;
-        if self.watch.as_ref().is_none_or(|(d, _)| *d != dir) || self.name != name {
-            crate::debug::log(format_args!(
-                "watching {} for {}",
-                dir.display(),
-                name.to_string_lossy()
-            ));
+        // A directory on the way may appear between finding the nearest existing one and
+        // watching it, and its creation would then go unseen: after adding the watch, look
+        // again, and move the watch deeper until nothing changed in between.
+        for _ in 0..MAX_ARM_ROUNDS {
+            let (dir, name) = nearest_existing(path).ok_or(Errno::ENOENT)?;
+            self.watch_dir(&dir, &name)?;
+            if nearest_existing(path).is_some_and(|(d, n)| d == dir && n == name) {
+                return Ok(());
+            }
         }
+        Err(Errno::EAGAIN)
+    }
+
+    /// Moves the watch to `dir`, for the entry `name`.
+    fn watch_dir(&mut self, dir: &Path, name: &OsStr) -> nix::Result<()> {
         if let Some((old, wd)) = self.watch.take() {
             if old == dir {
                 self.watch = Some((old, wd));
@@ -269,10 +278,17 @@ impl Watcher {
                 | AddWatchFlags::IN_MOVED_TO
                 | AddWatchFlags::IN_ATTRIB
                 | AddWatchFlags::IN_ONLYDIR;
-            let wd = self.inotify.add_watch(&dir, flags)?;
-            self.watch = Some((dir, wd));
+            let wd = self.inotify.add_watch(dir, flags)?;
+            self.watch = Some((dir.to_owned(), wd));
         }
-        self.name = name;
+        if self.name != name {
+            self.name = name.to_owned();
+            crate::debug::log(format_args!(
+                "watching {} for {}",
+                dir.display(),
+                name.to_string_lossy()
+            ));
+        }
         Ok(())
     }
 

@@ -294,7 +294,7 @@ fn a_hung_daemon_delays_start_up_by_the_ping_timeout_only() {
     );
     // 10 ms of ping plus scheduling noise on a loaded machine; far below the 5 s register
     // timeout that a wait for the hung daemon would have cost.
-    assert!(took < Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_millis(500), "{took:?}");
     assert!(began.elapsed() < Duration::from_secs(5));
 }
 
@@ -313,8 +313,9 @@ fn no_daemon_and_a_stale_socket_cost_no_wait() {
         app.finish();
         let took = parse_duration(line.rsplit("start-up done in ").next().unwrap());
         eprintln!("start-up, stale socket {stale}: {took:?}");
-        // The target is 0.5 ms (see the benchmark); this only catches a wait.
-        assert!(took < Duration::from_millis(9), "{took:?}");
+        // The target is 0.5 ms (see the benchmark); this catches a wait for the ping (set to
+        // 5 s here) or the register timeout (3 s), with room for a loaded machine.
+        assert!(took < Duration::from_millis(500), "{took:?}");
     }
 }
 
@@ -339,8 +340,9 @@ fn a_late_daemon_is_registered_with_promptly() {
         let mut conn = daemon.accept_from(&mut app);
         let latency = conn.registered_at - bound;
         eprintln!("late daemon (inotify {inotify}) registered after {latency:?}");
-        // The target is 100 ms; the margin is for a loaded machine.
-        assert!(latency < Duration::from_millis(300), "{latency:?}");
+        // The target is 100 ms (measured: about 20 ms probing, 2 ms with inotify); the
+        // margin is for a loaded CI machine. Missing the arrival would cost seconds.
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
         assert_eq!(conn.reg.pid, app.pid());
         conn.registration_done();
         let chan = conn.start_session(3, 1, &[("it_app:hello", HELLO)]);
@@ -382,7 +384,7 @@ fn a_dead_daemon_is_waited_for_and_its_restart_re_registered() {
         "restarted daemon registered after {:?}",
         conn.registered_at - bound
     );
-    assert!(conn.registered_at - bound < Duration::from_millis(300));
+    assert!(conn.registered_at - bound < Duration::from_secs(1));
     assert_eq!(conn.reg.pid, app.pid());
     let second = conn.start_session(1, 2, &[("it_app:hello", HELLO)]);
     conn.registration_done();
