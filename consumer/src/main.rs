@@ -1,0 +1,71 @@
+//! `drtrace-consumerd`: see the library docs for what it does.
+#![deny(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use drtrace_consumerd::{Config, DEFAULT_READ_TIMER, MainError, run};
+use drtrace_daemon::process::abort_on_panic;
+
+/// The drtrace consumer daemon.
+///
+/// Started by drtrace-sessiond with its control socket as standard input; it drains the
+/// session daemon's ring buffers into CTF stream files and exits, after flushing every
+/// buffer to disk, when that socket closes or on SIGTERM or SIGINT.
+#[derive(Debug, Parser)]
+#[command(name = "drtrace-consumerd", version)]
+struct Args {
+    /// Log file, `-` for stderr [default: $XDG_STATE_HOME/drtrace/consumerd.log].
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// Least severe messages logged: error, warn, info, debug or trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: log::LevelFilter,
+    /// Period of the read timer, in ms: retries failed writes, releases stuck sub-buffers,
+    /// catches missed wake-ups.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_READ_TIMER.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    read_timer_ms: u64,
+}
+
+fn main() -> ExitCode {
+    // SAFETY: first statement of main: nothing in this process owns a descriptor above 2
+    // yet (argument parsing and logging come after), so none is closed under its owner.
+    #[allow(unsafe_code)]
+    unsafe {
+        drtrace_daemon::process::close_inherited_fds()
+    };
+    let args = Args::parse();
+    let log_path = args
+        .log_file
+        .clone()
+        .or_else(|| drtrace_daemon::logging::default_log_file("consumerd"))
+        .unwrap_or_else(|| PathBuf::from("-"));
+    if let Err(e) = drtrace_daemon::logging::init("consumerd", &log_path, args.log_level) {
+        eprintln!("error: cannot open log file {}: {e}", log_path.display());
+        return ExitCode::from(1);
+    }
+    abort_on_panic();
+    let config = Config {
+        read_timer: Duration::from_millis(args.read_timer_ms),
+        ..Config::default()
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &MainError) -> ExitCode {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    log::error!("{text}");
+    eprintln!("error: {text}");
+    ExitCode::from(e.exit_code())
+}

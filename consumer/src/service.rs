@@ -1,0 +1,437 @@
+//! The event loop and the commands it serves.
+//!
+//! One thread polls the control socket, the termination signals and the eventfd of every
+//! live stream, with the read timer as timeout. Each turn:
+//!
+//! 1. read-timer work when due (retry failed writes, release stuck sub-buffers of dead
+//!    writers), and switch timers;
+//! 2. drain every live stream, up to its budget (one buffer's worth of packets), so that a
+//!    busy stream cannot starve the others or the control socket;
+//! 3. arm the wake-up of every live stream; if one already has data (or a budget ran out),
+//!    poll without sleeping;
+//! 4. poll; then empty the eventfds that fired, disarm, and serve a signal or the control
+//!    socket.
+//!
+//! A command runs to completion inside the loop. A flush waits (bounded by
+//! [`Config::flush_timeout`]) for the last commits of the session's buffers; other sessions'
+//! buffers wait meanwhile, which their rings absorb.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use drtrace_daemon::signals::TerminationSignals;
+use drtrace_proto::consumer::{
+    ConsumerCommand, ConsumerMessage, ConsumerReply, ConsumerRequest, StreamKey, StreamSetup,
+    StreamStats,
+};
+use drtrace_proto::error::{ErrorCode, WireError};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::control::{Control, ControlError, Incoming};
+use crate::stream::{Drained, Stream};
+use crate::{Config, MainError};
+
+/// Why the loop ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// The session daemon closed the control socket.
+    Closed,
+    /// A termination signal arrived.
+    Signal(nix::sys::signal::Signal),
+}
+
+/// The consumer's state: its control socket and its streams.
+#[derive(Debug)]
+pub(crate) struct Service {
+    config: Config,
+    control: Control,
+    signals: TerminationSignals,
+    streams: BTreeMap<StreamKey, Stream>,
+}
+
+/// What poll reported.
+#[derive(Debug, Default)]
+struct Ready {
+    control: bool,
+    signal: bool,
+    woken: Vec<StreamKey>,
+}
+
+impl Service {
+    pub(crate) fn new(config: Config, control: Control, signals: TerminationSignals) -> Self {
+        Service {
+            config,
+            control,
+            signals,
+            streams: BTreeMap::new(),
+        }
+    }
+
+    /// Serves until the session daemon goes away or a termination signal arrives; either
+    /// way every stream is flushed to disk first.
+    pub(crate) fn run(mut self) -> Result<Exit, MainError> {
+        let mut next_tick = Instant::now() + self.config.read_timer;
+        loop {
+            let now = Instant::now();
+            if let Err(e) = self.control.check_deadline(now) {
+                return self.fail(e);
+            }
+            if now >= next_tick {
+                for s in self.streams.values_mut() {
+                    s.tick(now, self.config.stuck_timeout);
+                }
+                next_tick = now + self.config.read_timer;
+            }
+            let mut busy = false;
+            for s in self.streams.values_mut() {
+                s.switch_timer(now);
+                if s.live() {
+                    busy |= s.drain() == Drained::More;
+                }
+            }
+            if let Err(e) = self.report_failures() {
+                return self.fail(e);
+            }
+            let ready = match self.wait(busy, next_tick) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    log::error!("{}: flushing every stream and exiting", error_chain(&e));
+                    self.shutdown();
+                    return Err(e);
+                }
+            };
+            for key in &ready.woken {
+                if let Some(s) = self.streams.get(key) {
+                    s.clear_wake();
+                }
+            }
+            for s in self.streams.values() {
+                s.disarm();
+            }
+            if ready.signal {
+                if let Some(sig) = self.take_signal() {
+                    log::info!("{sig}: flushing every stream and exiting");
+                    self.shutdown();
+                    return Ok(Exit::Signal(sig));
+                }
+            }
+            if ready.control {
+                match self.serve_control(Instant::now()) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        log::info!(
+                            "the session daemon closed the control socket: flushing every stream and exiting"
+                        );
+                        self.shutdown();
+                        return Ok(Exit::Closed);
+                    }
+                    Err(e) => return self.fail(e),
+                }
+            }
+        }
+    }
+
+    /// Arms the live streams and polls; `busy` (or data found while arming) means poll
+    /// without sleeping.
+    fn wait(&mut self, busy: bool, next_tick: Instant) -> Result<Ready, MainError> {
+        let mut now_ready = busy;
+        for s in self.streams.values().filter(|s| s.live()) {
+            // Arm every one, even once data is found: all are disarmed after the poll.
+            now_ready |= s.arm();
+        }
+        let now = Instant::now();
+        let timeout = if now_ready {
+            Duration::ZERO
+        } else {
+            let mut until = next_tick;
+            for at in self.streams.values().filter_map(Stream::next_switch) {
+                until = until.min(at);
+            }
+            if let Some(d) = self.control.deadline() {
+                until = until.min(d);
+            }
+            until.saturating_duration_since(now)
+        };
+        let live: Vec<StreamKey> = self
+            .streams
+            .values()
+            .filter(|s| s.live())
+            .map(Stream::key)
+            .collect();
+        let mut fds = Vec::with_capacity(2 + live.len());
+        fds.push(PollFd::new(self.control.fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(
+            std::os::fd::AsFd::as_fd(&self.signals),
+            PollFlags::POLLIN,
+        ));
+        for key in &live {
+            if let Some(s) = self.streams.get(key) {
+                fds.push(PollFd::new(s.wake_fd(), PollFlags::POLLIN));
+            }
+        }
+        // Round up so a deadline a few microseconds away does not spin.
+        let ms = timeout.as_micros().div_ceil(1000);
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(MainError::Poll(e)),
+        }
+        let fired = |fd: &PollFd<'_>| {
+            fd.revents().is_some_and(|r| {
+                r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+            })
+        };
+        Ok(Ready {
+            control: fired(&fds[0]),
+            signal: fired(&fds[1]),
+            woken: live
+                .iter()
+                .zip(&fds[2..])
+                .filter(|(_, fd)| fired(fd))
+                .map(|(k, _)| *k)
+                .collect(),
+        })
+    }
+
+    /// Reads a pending signal; `None` for signals that do not end the daemon.
+    fn take_signal(&self) -> Option<nix::sys::signal::Signal> {
+        match self.signals.read() {
+            Ok(Some(sig)) if TerminationSignals::terminates(sig) => Some(sig),
+            Ok(Some(sig)) => {
+                log::info!("{sig} ignored");
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("cannot read the signal descriptor: {e}");
+                None
+            }
+        }
+    }
+
+    /// Sends each new write failure to the session daemon, once.
+    fn report_failures(&mut self) -> Result<(), ControlError> {
+        let reports: Vec<(StreamKey, String)> = self
+            .streams
+            .values_mut()
+            .filter_map(|s| Some((s.key(), s.take_report()?)))
+            .collect();
+        for (key, message) in reports {
+            self.control
+                .send(&ConsumerMessage::StreamError { key, message })?;
+        }
+        Ok(())
+    }
+
+    /// Serves one readable event of the control socket; true when it was closed.
+    fn serve_control(&mut self, now: Instant) -> Result<bool, ControlError> {
+        match self.control.read(now)? {
+            Incoming::Partial => Ok(false),
+            Incoming::Closed => Ok(true),
+            Incoming::Malformed { seq, message } => {
+                log::warn!("request {seq} refused: {message}");
+                self.reply(
+                    seq,
+                    ConsumerReply::Error(WireError::new(ErrorCode::BadRequest, message)),
+                )?;
+                Ok(false)
+            }
+            Incoming::Request(ConsumerRequest { seq, command }, fds) => {
+                let reply = self.handle(command, fds);
+                self.reply(seq, reply)?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn reply(&self, seq: u64, reply: ConsumerReply) -> Result<(), ControlError> {
+        self.control.send(&ConsumerMessage::Reply { seq, reply })
+    }
+
+    /// Runs one command.
+    fn handle(&mut self, command: ConsumerCommand, fds: Vec<OwnedFd>) -> ConsumerReply {
+        if !fds.is_empty() && !matches!(command, ConsumerCommand::AddStream(_)) {
+            let message = format!(
+                "this command takes no descriptors, {} were attached",
+                fds.len()
+            );
+            log::warn!("request refused: {message}");
+            return ConsumerReply::Error(WireError::new(ErrorCode::BadRequest, message));
+        }
+        match command {
+            ConsumerCommand::AddStream(setup) => self.add_stream(setup, fds),
+            ConsumerCommand::FlushSession { session } => {
+                ConsumerReply::Flushed(self.flush(|s| s.session() == session))
+            }
+            ConsumerCommand::RemoveSession { session } => {
+                ConsumerReply::Flushed(self.remove_session(session))
+            }
+            ConsumerCommand::WritersDied { streams } => {
+                for key in streams {
+                    match self.streams.get_mut(&key) {
+                        Some(s) => {
+                            log::info!(
+                                "stream {}: a writer died; sub-buffers it left half-written are released after {:?}",
+                                key.0,
+                                self.config.stuck_timeout
+                            );
+                            s.set_writers_died();
+                        }
+                        None => log::debug!("writers_died names unknown stream {}", key.0),
+                    }
+                }
+                ConsumerReply::Ok
+            }
+            ConsumerCommand::Ping => ConsumerReply::Ok,
+        }
+    }
+
+    fn add_stream(&mut self, setup: StreamSetup, fds: Vec<OwnedFd>) -> ConsumerReply {
+        let key = setup.key;
+        let result = if self.streams.contains_key(&key) {
+            Err(crate::stream::AddError::Duplicate(key.0))
+        } else {
+            Stream::add(setup, fds, Instant::now())
+        };
+        match result {
+            Ok((stream, recovered)) => {
+                let s = stream.setup();
+                let mut existing = String::new();
+                if recovered.packets > 0 || recovered.truncated > 0 {
+                    existing = format!(
+                        "; the file already held {} packets ({} bytes)",
+                        recovered.packets, recovered.bytes
+                    );
+                    if recovered.truncated > 0 {
+                        existing += &format!(
+                            ", {} bytes of an incomplete packet were cut off its end",
+                            recovered.truncated
+                        );
+                    }
+                }
+                log::info!(
+                    "stream {} added: {} (session {}, stream id {}, cpu {}, {} mode, switch timer {} ms){existing}",
+                    key.0,
+                    s.path.display(),
+                    s.session,
+                    s.stream_id,
+                    s.cpu,
+                    match stream.mode() {
+                        drtrace_ringbuf::Mode::Discard => "discard",
+                        drtrace_ringbuf::Mode::Overwrite => "overwrite",
+                    },
+                    s.switch_timer_ms
+                );
+                self.streams.insert(key, stream);
+                ConsumerReply::Ok
+            }
+            Err(e) => {
+                let message = error_chain(&e);
+                log::warn!("stream {} refused: {message}", key.0);
+                ConsumerReply::Error(WireError::new(e.code(), message))
+            }
+        }
+    }
+
+    /// Flushes the streams `select` picks, in parallel, within the flush timeout.
+    fn flush(&mut self, select: impl Fn(&Stream) -> bool) -> Vec<StreamStats> {
+        let start = Instant::now();
+        let keys: Vec<StreamKey> = self
+            .streams
+            .values()
+            .filter(|s| select(s))
+            .map(Stream::key)
+            .collect();
+        for key in &keys {
+            if let Some(s) = self.streams.get_mut(key) {
+                s.begin_flush();
+            }
+        }
+        let deadline = start + self.config.flush_timeout;
+        let mut waiting = keys.clone();
+        // Pending commits land within microseconds; a dead writer's after the stuck timeout.
+        let mut pause = Duration::from_micros(100);
+        loop {
+            let now = Instant::now();
+            waiting.retain(|key| {
+                self.streams
+                    .get_mut(key)
+                    .is_some_and(|s| !s.flush_step(now, self.config.stuck_timeout))
+            });
+            if waiting.is_empty() || now >= deadline {
+                break;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+        let stats: Vec<StreamStats> = keys
+            .iter()
+            .filter_map(|key| {
+                let complete = !waiting.contains(key);
+                Some(self.streams.get_mut(key)?.finish_flush(complete))
+            })
+            .collect();
+        log::info!(
+            "flushed {} stream(s) in {:.1} ms: {} events, {} discarded, {} bytes{}",
+            stats.len(),
+            start.elapsed().as_secs_f64() * 1e3,
+            stats.iter().map(|s| s.events).sum::<u64>(),
+            stats.iter().map(|s| s.discarded).sum::<u64>(),
+            stats.iter().map(|s| s.bytes).sum::<u64>(),
+            if waiting.is_empty() {
+                String::new()
+            } else {
+                format!("; {} incomplete", waiting.len())
+            }
+        );
+        stats
+    }
+
+    /// Flushes a session's streams, then closes their files and unmaps their buffers.
+    fn remove_session(&mut self, session: u64) -> Vec<StreamStats> {
+        let stats = self.flush(|s| s.session() == session);
+        for s in &stats {
+            if self.streams.remove(&s.key).is_some() {
+                log::info!("stream {} removed: {}", s.key.0, s.path.display());
+            }
+        }
+        stats
+    }
+
+    /// Flushes every stream (the consumer is exiting).
+    fn shutdown(&mut self) {
+        self.flush(|_| true);
+        self.streams.clear();
+    }
+
+    /// Ends on a control failure: a disconnect is the session daemon exiting; anything else
+    /// is an error. The streams are flushed either way.
+    fn fail(&mut self, e: ControlError) -> Result<Exit, MainError> {
+        if e.is_disconnect() {
+            log::info!("lost the session daemon ({e}): flushing every stream and exiting");
+            self.shutdown();
+            return Ok(Exit::Closed);
+        }
+        log::error!("{}: flushing every stream and exiting", error_chain(&e));
+        self.shutdown();
+        Err(MainError::Control(e))
+    }
+}
+
+/// An error and its sources, joined with ": ".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        // thiserror's `transparent` repeats the inner message; do not print it twice.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
