@@ -80,8 +80,28 @@ fn per_call(n: u64, mut f: impl FnMut(u64)) -> Stats {
     Stats::of(runs)
 }
 
+/// Keeps the benchmark thread on one CPU (no migrations between runs); returns the
+/// affinity to restore.
+fn pin_to_current_cpu() -> Option<nix::sched::CpuSet> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_getcpu, sched_setaffinity};
+    let me = nix::unistd::Pid::from_raw(0);
+    let before = sched_getaffinity(me).ok()?;
+    let mut set = CpuSet::new();
+    set.set(sched_getcpu().ok()?).ok()?;
+    sched_setaffinity(me, &set).ok()?;
+    Some(before)
+}
+
 fn emit_benches() {
-    println!("emit path (ns per event, single thread)");
+    let before = pin_to_current_cpu();
+    emit_benches_pinned();
+    if let Some(set) = before {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+fn emit_benches_pinned() {
+    println!("emit path (ns per event, single thread, pinned)");
     let s = per_call(200_000_000, |i| bench::disabled(black_box(i)));
     println!("  disabled                 {s}");
     let mut clocks = vec![("monotonic", ClockSource::Monotonic)];

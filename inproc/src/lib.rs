@@ -52,10 +52,11 @@
 //!
 //! This library's own constructor sits in the plain `.init_array`, which the linker places
 //! after every prioritized `.init_array.NNNNN` entry, so it runs once every provider of the
-//! executable is registered. It starts one listener thread (`drtrace-listener`) per daemon,
-//! the user's session daemon and the root broker, and waits, bounded, for them to register
-//! the process and receive the sessions that are already recording: events from the first
-//! line of `main` are recorded. The design notes of the private modules say more: `runtime`
+//! executable is registered. It greets each daemon once (the user's session daemon and the
+//! root broker; connect and hello, bounded by the ping timeout), starts one listener thread
+//! (`drtrace-listener`) per daemon, and waits, bounded, for the daemons that answered to
+//! register the process and hand it the sessions that are already recording: events from
+//! the first line of `main` are recorded. The design notes of the private modules say more: `runtime`
 //! for the bounds (`DRTRACE_PING_TIMEOUT_MS`, `DRTRACE_REGISTER_TIMEOUT_MS`), `listener` for
 //! how daemons that appear, die and restart later are followed, `channel` for how buffers
 //! are written and retired, and `fork` for forked children.
