@@ -215,13 +215,14 @@ pub enum MainError {
 }
 
 impl MainError {
-    /// The process exit code for this error (1 is taken by logging and argument errors).
+    /// The process exit code for this error: 1 is a log file that cannot be opened and 2 a
+    /// usage error (clap's), so these start at 3.
     pub fn exit_code(&self) -> u8 {
         match self {
-            MainError::NotASocket | MainError::ControlSetup(_) => 2,
-            MainError::Signals(_) => 3,
-            MainError::Poll(_) => 4,
-            MainError::Control(_) => 5,
+            MainError::NotASocket | MainError::ControlSetup(_) => 3,
+            MainError::Signals(_) => 4,
+            MainError::Poll(_) => 5,
+            MainError::Control(_) => 6,
         }
     }
 }

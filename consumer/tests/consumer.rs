@@ -865,7 +865,7 @@ fn a_stalled_frame_ends_the_consumer_after_flushing() {
     let start = Instant::now();
     let status = c.wait_exit(Duration::from_secs(10));
     assert!(start.elapsed() >= Duration::from_millis(1500));
-    assert_eq!(status.code(), Some(5), "{}", describe(status));
+    assert_eq!(status.code(), Some(6), "{}", describe(status));
     assert_eq!(read_seqs(&dir).len(), 10, "flushed before exiting");
     assert!(c.log_text().contains("a request frame stalled"));
 }
@@ -989,4 +989,21 @@ fn a_flush_completes_promptly_while_a_writer_keeps_writing() {
     let stats = c.flush(16);
     assert_eq!(stats[0].discarded, 0);
     assert!(read_seqs(&dir).len() >= total);
+}
+
+#[test]
+fn without_a_socket_on_stdin_the_consumer_refuses_to_start() {
+    let t = TestDir::new();
+    let out = Command::new(common::CONSUMERD)
+        .arg("--log-file")
+        .arg(t.log("consumerd"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", describe(out.status));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("standard input is not a socket"),
+        "{stderr}"
+    );
 }
