@@ -243,9 +243,9 @@ impl EventCatalog {
                  \tid = {};\n\
                  \tstream_id = {stream_id};\n\
                  \tfields := struct {{\n",
-                e.format.full_name(),
+                e.format.full_name().to_string().replace("*/", "*_/"),
                 e.format.id,
-                e.name,
+                e.name.replace('\\', "\\\\").replace('"', "\\\""),
                 e.ctf_id
             );
             for f in &e.fields {
@@ -745,8 +745,9 @@ impl KernelStream {
     }
 
     fn write_event(&mut self, page_ts: u64, ts: u64, data: &[u8]) -> bool {
-        let catalog = Arc::clone(&self.catalog);
-        let Some(event) = catalog.lookup(data) else {
+        // Field borrows, not `&mut self` methods: the catalog is read while the records
+        // grow, without an Arc clone per event.
+        let Some(event) = self.catalog.lookup(data) else {
             self.counters.unknown_events += 1;
             return false;
         };
@@ -762,7 +763,7 @@ impl KernelStream {
             self.previous = begin;
         }
         write_header(&mut self.records, event.ctf_id, ts, self.previous);
-        if !catalog.encode_payload(event, data, &mut self.records) {
+        if !self.catalog.encode_payload(event, data, &mut self.records) {
             self.counters.malformed_events += 1;
         }
         self.previous = ts;
@@ -948,6 +949,24 @@ mod tests {
     }
 
     #[test]
+    fn odd_event_names_stay_inside_their_quotes_and_comments() {
+        let cat = EventCatalog::new(vec![format("s*/x", "q\"u\\ote", 5, "")]).unwrap();
+        let text = cat.event_declarations(0);
+        assert!(text.contains("name = \"q\\\"u\\\\ote\";"), "{text}");
+        assert!(text.starts_with("/* s*_/x:q"), "{text}");
+        let parsed = drtrace_ctf::tsdl::parse(&format!(
+            "/* CTF 1.8 */ trace {{ major = 1; minor = 8; byte_order = le; }};\n{text}"
+        ))
+        .unwrap();
+        let events: Vec<&str> = parsed
+            .streams
+            .values()
+            .flat_map(|st| st.events.values().map(|e| e.name.as_str()))
+            .collect();
+        assert_eq!(events, ["q\"u\\ote"]);
+    }
+
+    #[test]
     fn payload_encoding_and_direct_decoding() {
         let cat = EventCatalog::new(vec![exec_format()]).unwrap();
         let data = exec_event(b"/bin/true\0", 42);
@@ -1026,6 +1045,34 @@ mod tests {
         assert_eq!((last.packet_seq_num, last.events_discarded), (1, 9));
         // The page's base timestamp, which is before its first event.
         assert_eq!(last.timestamp_begin, 2_000);
+    }
+
+    #[test]
+    fn a_loss_before_the_first_page_gets_an_empty_packet_first() {
+        let cat = Arc::new(EventCatalog::new(vec![exec_format()]).unwrap());
+        let mut s = KernelStream::new(cat, L, header(), 0, StreamConfig::default());
+        let mut out = Vec::new();
+        let mut b = PageBuilder::new(L, 5_000);
+        b.event(1, &exec_event(b"a\0", 1), false);
+        s.push_page(&b.finish(LostEvents::Count(9), false), &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 84, "an empty packet with nothing discarded yet");
+        let first = drtrace_ctf::packet::PacketContext::decode(&out[32..]).unwrap();
+        assert_eq!(
+            (
+                first.timestamp_begin,
+                first.timestamp_end,
+                first.events_discarded
+            ),
+            (5_000, 5_000, 0)
+        );
+        s.finish(&mut out).unwrap();
+        let second = drtrace_ctf::packet::PacketContext::decode(&out[84 + 32..]).unwrap();
+        assert_eq!((second.packet_seq_num, second.events_discarded), (1, 9));
+        assert_eq!(
+            (second.timestamp_begin, second.timestamp_end),
+            (5_000, 5_001)
+        );
     }
 
     #[test]

@@ -446,12 +446,38 @@ fn recording_converts_to_a_trace_babeltrace2_reads() {
     let Some(bt) = babeltrace2() else { return };
     let lines = run_babeltrace2(&bt, session.path());
     assert_eq!(lines.len() as u64, converted, "{}", lines.join("\n"));
-    let sw = lines
+    let switches: Vec<&String> = lines
         .iter()
-        .find(|l| l.contains(" sched_switch: ") && l.contains("prev_comm = \""))
-        .unwrap_or_else(|| panic!("no sched_switch in babeltrace2's output"));
-    assert!(sw.contains("next_comm = \""), "{sw}");
-    assert!(sw.contains("common_pid = "), "{sw}");
+        .filter(|l| l.contains(" sched_switch: "))
+        .collect();
+    assert!(
+        !switches.is_empty(),
+        "no sched_switch in babeltrace2's output"
+    );
+    let number = |line: &str, key: &str| -> i64 {
+        let at = line
+            .find(&format!(" {key} = "))
+            .unwrap_or_else(|| panic!("{key}: {line}"));
+        let rest = &line[at + key.len() + 4..];
+        let end = rest.find([',', ' ']).unwrap_or(rest.len());
+        rest[..end]
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}: {e}: {line}"))
+    };
+    let mut bt_saw_workload = false;
+    for sw in &switches {
+        assert!(sw.contains("prev_comm = \""), "{sw}");
+        assert!(sw.contains("next_comm = \""), "{sw}");
+        for key in ["common_pid", "prev_pid", "next_pid"] {
+            assert!((0..=4_194_304).contains(&number(sw, key)), "{key}: {sw}");
+        }
+        bt_saw_workload |=
+            number(sw, "prev_pid") == workload_pid || number(sw, "next_pid") == workload_pid;
+    }
+    assert!(
+        bt_saw_workload,
+        "babeltrace2 shows no sched_switch of pid {workload_pid}"
+    );
 }
 
 #[test]
