@@ -6,6 +6,10 @@
 //! one page at a time until the buffer is empty (EAGAIN). A blocking reader instead wakes on
 //! nearly every event and gets mostly empty pages (`shared/KERNEL.md`).
 //!
+//! A buffer that never fills to `buffer_percent` never wakes its poller: a consumer that
+//! wants events to show before stop reads anyway when [`CpuReader::wait`] times out, which
+//! bounds the latency by the timeout.
+//!
 //! Quirks handled here:
 //! - `read()` may return 0 while data is still there (a race with the writer): 0 means
 //!   "try again", never end of file. A few immediate retries are made, then the page
