@@ -10,5 +10,6 @@ mod harness;
 mod autospawn;
 mod cli;
 mod daemon;
+mod datapath;
 mod session;
 mod users;

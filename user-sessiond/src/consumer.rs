@@ -30,6 +30,9 @@ use crate::conn::Conn;
 const CONSUMERD_BIN: &str = "drtrace-consumerd";
 /// Time the consumer has to answer a command that only changes its state.
 const QUICK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time the consumer has to take a stream whose file already holds packets (a respawned
+/// consumer checks every packet header of it).
+const ADD_STREAM_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time the consumer has to flush a session to disk.
 pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -105,7 +108,7 @@ impl Consumer {
         self.call(
             ConsumerCommand::AddStream(record.setup.clone()),
             fds,
-            QUICK_TIMEOUT,
+            ADD_STREAM_TIMEOUT,
         )
         .await
         .map(drop)
@@ -278,7 +281,7 @@ impl Consumer {
                     .send(Pending {
                         command: ConsumerCommand::AddStream(setup),
                         fds,
-                        timeout: QUICK_TIMEOUT,
+                        timeout: ADD_STREAM_TIMEOUT,
                         reply: rtx,
                     })
                     .await;
@@ -377,8 +380,10 @@ fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, WireError> {
 
 /// Opens (creating if needed) a stream file for appending, as the daemon's user.
 fn open_stream_file(path: &Path) -> Result<OwnedFd, WireError> {
+    // Readable too: a respawned consumer checks the packets already in the file.
     OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .mode(0o640)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits())
