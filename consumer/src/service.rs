@@ -285,6 +285,10 @@ impl Service {
                 ConsumerReply::Ok
             }
             ConsumerCommand::Ping => ConsumerReply::Ok,
+            ConsumerCommand::AddKernelStream(setup) => ConsumerReply::Error(WireError::new(
+                ErrorCode::Unsupported,
+                format!("stream {}: kernel streams are not supported yet", setup.key.0),
+            )),
         }
     }
 

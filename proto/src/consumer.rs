@@ -40,6 +40,39 @@ pub struct StreamSetup {
     pub path: PathBuf,
 }
 
+/// One enabled kernel event's description, as tracefs gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelEventFormat {
+    /// Its subsystem (`sched` for `sched:sched_switch`).
+    pub system: String,
+    /// The text of its `events/<system>/<event>/format` file.
+    pub format: String,
+}
+
+/// What the consumer needs to turn one CPU's ftrace buffer into one CTF stream file.
+///
+/// The consumer builds its event catalog from `formats` in the order given; the broker
+/// declares the events in the metadata in the same order, so both number them alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelStreamSetup {
+    /// The stream's key.
+    pub key: StreamKey,
+    /// The session it belongs to.
+    pub session: u64,
+    /// The kernel trace's UUID (every packet header carries it).
+    pub trace_uuid: Uuid,
+    /// The CTF stream id (the kernel channel's index).
+    pub stream_id: u32,
+    /// The CPU whose buffer this is.
+    pub cpu: u32,
+    /// The text of `events/header_page` (the ring-buffer page layout).
+    pub header_page: String,
+    /// The enabled events, in CTF id order.
+    pub formats: Vec<KernelEventFormat>,
+    /// Where the stream file is, for messages only.
+    pub path: PathBuf,
+}
+
 /// What one stream holds after a flush.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamStats {
@@ -72,6 +105,10 @@ pub enum ConsumerCommand {
         /// Which session.
         session: u64,
     },
+    /// Start converting one CPU's ftrace buffer; descriptors attached: the CPU's
+    /// `trace_pipe_raw` (read-only, non-blocking), its `stats` file (read-only, re-read for
+    /// the kernel's loss counters), and the stream file (opened for writing, at its end).
+    AddKernelStream(KernelStreamSetup),
     /// Flush, then close and forget a session's streams; answered with
     /// [`ConsumerReply::Flushed`].
     RemoveSession {

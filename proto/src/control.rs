@@ -322,6 +322,9 @@ pub enum ControlRequest {
     },
     /// Registered applications and their events; answered with [`ControlReply::Apps`].
     ListApps,
+    /// Kernel events available for tracing (`sys:event`); answered with
+    /// [`ControlReply::KernelEvents`]. Needs kernel-tracing rights.
+    ListKernelEvents,
     /// Asks the daemon to exit; answered with [`ControlReply::Ok`], then the daemon destroys
     /// its sessions (flushing their traces), removes its socket and exits.
     StopDaemon,
@@ -345,6 +348,8 @@ pub enum ControlReply {
     Destroyed(Vec<SessionInfo>),
     /// Registered applications.
     Apps(Vec<AppInfo>),
+    /// Kernel events, `sys:event`, sorted.
+    KernelEvents(Vec<String>),
     /// The request failed.
     Error(WireError),
 }
@@ -360,6 +365,7 @@ impl ControlReply {
             ControlReply::Sessions(_) => "sessions",
             ControlReply::Destroyed(_) => "destroyed",
             ControlReply::Apps(_) => "apps",
+            ControlReply::KernelEvents(_) => "kernel_events",
             ControlReply::Error(_) => "error",
         }
     }

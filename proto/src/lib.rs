@@ -12,6 +12,7 @@
 //! - [`app`]: the in-process library's registration and the commands daemons send it.
 //! - [`consumer`]: session daemon ↔ consumer daemon.
 //! - [`event`]: descriptions of tracepoints (fields, types, log levels).
+//! - [`kernel`]: kernel tracing delegated by a session daemon to the root broker.
 //! - [`creds`]: peer credentials (SO_PEERCRED, SO_PEERGROUPS) and socket ownership checks.
 //! - [`paths`]: where sockets, traces and logs live, with their environment overrides.
 //! - [`client`]: a blocking client that never hangs on a stale, squatted or silent socket.
@@ -41,6 +42,7 @@ pub mod error;
 pub mod event;
 pub mod frame;
 pub mod hello;
+pub mod kernel;
 pub mod names;
 pub mod paths;
 pub mod startup;

@@ -127,6 +127,10 @@ fn handle_registry(daemon: &Daemon, request: ControlRequest) -> ControlReply {
                 .and_then(|n| reg.info(&n)),
         ),
         ControlRequest::StopDaemon => ControlReply::Ok,
+        ControlRequest::ListKernelEvents => ControlReply::Error(WireError::new(
+            drtrace_proto::error::ErrorCode::Unsupported,
+            "kernel tracing is not available from this daemon",
+        )),
         ControlRequest::DestroySession { .. }
         | ControlRequest::StartSession { .. }
         | ControlRequest::StopSession { .. }
