@@ -10,6 +10,18 @@
 //!   reports it with `DRTRACE_DEBUG=1`.
 //!
 //! Each figure is the median of several runs, with the spread (min–max) of the runs.
+//!
+//! Measured on the 2-core development VM (quiet machine, release build):
+//!
+//! | what | median (min–max) |
+//! |---|---|
+//! | disabled event | 0.55 ns (0.51–0.63) |
+//! | ring buffer alone, TSC: reserve + u64 + commit | 38.8 ns (38.2–41.9) |
+//! | enabled u64, TSC | 46.7 ns (45.8–50.1) |
+//! | enabled u32 + 16-byte string, TSC | 55.0 ns (51.0–61.0) |
+//! | enabled u64 / u32 + string, CLOCK_MONOTONIC | 51.2 / 57.9 ns |
+//! | start-up, no daemon or stale socket: constructor | 0.11 ms (wall: 0.06–0.6 ms, noise) |
+//! | start-up, hung daemon: constructor | 13.6–14.1 ms (10 ms ping, jiffy-rounded) |
 
 use std::hint::black_box;
 use std::os::unix::net::UnixListener;
