@@ -20,18 +20,19 @@ use smol::{Async, Timer};
 
 /// Time allowed for a whole frame once its first byte arrived, and for a whole reply to be
 /// written.
-pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(2);
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A connected peer.
+/// A connected peer: frames in and out, each bounded by a timeout.
 #[derive(Debug)]
-pub(crate) struct Conn {
+pub struct Conn {
     stream: Async<UnixStream>,
     asm: FrameAssembler,
-    pub(crate) cred: PeerCred,
+    /// The peer's credentials, as the kernel recorded them.
+    pub cred: PeerCred,
 }
 
 /// Runs `fut`, or fails with `TimedOut` after `limit`.
-pub(crate) async fn with_timeout<T>(
+pub async fn with_timeout<T>(
     limit: Duration,
     fut: impl Future<Output = Result<T, FrameError>>,
 ) -> Result<T, FrameError> {
@@ -43,7 +44,8 @@ pub(crate) async fn with_timeout<T>(
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Async<UnixStream>, cred: PeerCred) -> Self {
+    /// Wraps a connected, non-blocking stream and its peer's credentials.
+    pub fn new(stream: Async<UnixStream>, cred: PeerCred) -> Self {
         Self {
             stream,
             asm: FrameAssembler::new(MAX_FRAME_LEN),
@@ -53,7 +55,7 @@ impl Conn {
 
     /// Receives one frame: waits up to `idle` (forever if `None`) for it to start, then up to
     /// [`FRAME_TIMEOUT`] for the rest.
-    pub(crate) async fn recv_frame(&mut self, idle: Option<Duration>) -> Result<Frame, FrameError> {
+    pub async fn recv_frame(&mut self, idle: Option<Duration>) -> Result<Frame, FrameError> {
         if self.asm.is_idle() {
             let readable = async { self.stream.readable().await.map_err(FrameError::from) };
             match idle {
@@ -77,7 +79,7 @@ impl Conn {
     }
 
     /// Receives and decodes one message.
-    pub(crate) async fn recv<T: DeserializeOwned>(
+    pub async fn recv<T: DeserializeOwned>(
         &mut self,
         idle: Option<Duration>,
     ) -> Result<(T, Vec<OwnedFd>), FrameError> {
@@ -86,7 +88,7 @@ impl Conn {
     }
 
     /// Encodes and sends one message with descriptors, within [`FRAME_TIMEOUT`].
-    pub(crate) async fn send<T: Serialize>(
+    pub async fn send<T: Serialize>(
         &self,
         msg: &T,
         fds: &[BorrowedFd<'_>],

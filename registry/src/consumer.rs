@@ -58,9 +58,10 @@ struct Running {
     commands: smol::channel::Sender<Pending>,
 }
 
-/// The consumer, as the session daemon sees it.
+/// The consumer daemon, as the daemon that spawned it sees it: spawned on first need,
+/// respawned (with every stream replayed) if it dies.
 #[derive(Debug)]
-pub(crate) struct Consumer {
+pub struct Consumer {
     ex: Rc<LocalExecutor<'static>>,
     log_file: Option<PathBuf>,
     running: RefCell<Option<Running>>,

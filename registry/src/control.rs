@@ -4,9 +4,10 @@
 use std::rc::Rc;
 
 use drtrace_proto::control::{
-    ControlReply, ControlRequest, DaemonStatus, SessionInfo, SessionTarget,
+    ControlReply, ControlRequest, DaemonStatus, Domain, OutputLocation, SessionInfo, SessionTarget,
 };
-use drtrace_proto::error::WireError;
+use drtrace_proto::creds::PeerCred;
+use drtrace_proto::error::{ErrorCode, WireError};
 
 use crate::server::Daemon;
 
@@ -17,9 +18,58 @@ fn session_reply(result: Result<SessionInfo, WireError>) -> ControlReply {
     }
 }
 
-/// Serves one control request.
-pub(crate) async fn handle(daemon: &Rc<Daemon>, request: ControlRequest) -> ControlReply {
+/// The kernel domain a request touches, if any.
+fn kernel_domain(request: &ControlRequest) -> bool {
     match request {
+        ControlRequest::EnableChannel { channel, .. } => channel.domain == Domain::Kernel,
+        ControlRequest::DisableChannel { domain, .. }
+        | ControlRequest::EnableEvent { domain, .. }
+        | ControlRequest::DisableEvent { domain, .. } => *domain == Domain::Kernel,
+        _ => false,
+    }
+}
+
+/// Checks, before anything is created, that kernel tracing is possible here and allowed to
+/// this daemon's user.
+async fn kernel_access(daemon: &Rc<Daemon>) -> Result<(), WireError> {
+    match daemon.kernel.clone() {
+        Some(kernel) => kernel.info(daemon.ctx()).await.map(drop),
+        None => Err(WireError::new(
+            ErrorCode::Unsupported,
+            "kernel tracing is not available from this daemon",
+        )),
+    }
+}
+
+/// Serves one control request from a peer with credentials `cred`.
+pub(crate) async fn handle(
+    daemon: &Rc<Daemon>,
+    cred: &PeerCred,
+    request: ControlRequest,
+) -> ControlReply {
+    match request {
+        ControlRequest::CreateSession(mut req) => {
+            // System-wide traces of non-root clients stay in the daemon's own directory:
+            // the broker never writes as root where a user chose.
+            if let Some(dir) = &daemon.forced_output {
+                if cred.uid != 0 {
+                    req.output = OutputLocation::Under(dir.clone());
+                }
+            }
+            handle_registry(daemon, ControlRequest::CreateSession(req))
+        }
+        ControlRequest::ListKernelEvents => {
+            let Some(kernel) = daemon.kernel.clone() else {
+                return ControlReply::Error(WireError::new(
+                    ErrorCode::Unsupported,
+                    "kernel tracing is not available from this daemon",
+                ));
+            };
+            match kernel.list_events(daemon.ctx()).await {
+                Ok(events) => ControlReply::KernelEvents(events),
+                Err(e) => ControlReply::Error(e),
+            }
+        }
         ControlRequest::DestroySession { target } => destroy_target(daemon, target).await,
         ControlRequest::StartSession { name } => {
             let _ops = daemon.ops.lock().await;
@@ -51,6 +101,11 @@ pub(crate) async fn handle(daemon: &Rc<Daemon>, request: ControlRequest) -> Cont
         | ControlRequest::EnableEvent { .. }
         | ControlRequest::DisableEvent { .. }) => {
             let _ops = daemon.ops.lock().await;
+            if kernel_domain(&request) {
+                if let Err(e) = kernel_access(daemon).await {
+                    return ControlReply::Error(e);
+                }
+            }
             let reply = handle_registry(daemon, request);
             if let ControlReply::Session(info) = &reply {
                 crate::sync::resync(daemon, &info.name).await;
@@ -127,15 +182,12 @@ fn handle_registry(daemon: &Daemon, request: ControlRequest) -> ControlReply {
                 .and_then(|n| reg.info(&n)),
         ),
         ControlRequest::StopDaemon => ControlReply::Ok,
-        ControlRequest::ListKernelEvents => ControlReply::Error(WireError::new(
-            drtrace_proto::error::ErrorCode::Unsupported,
-            "kernel tracing is not available from this daemon",
-        )),
-        ControlRequest::DestroySession { .. }
+        ControlRequest::ListKernelEvents
+        | ControlRequest::DestroySession { .. }
         | ControlRequest::StartSession { .. }
         | ControlRequest::StopSession { .. }
         | ControlRequest::ListApps => ControlReply::Error(WireError::new(
-            drtrace_proto::error::ErrorCode::Internal,
+            ErrorCode::Internal,
             "request reached the registry-only path",
         )),
     }

@@ -370,15 +370,21 @@ pub(crate) fn pid_set_dir(
 /// What a started session owns.
 #[derive(Debug)]
 pub(crate) struct Recording {
-    pub(crate) uid_set: Option<BufferSet>,
+    /// Per-UID buffer sets, by the uid of the apps writing them: apps of one user never
+    /// get another user's buffers.
+    pub(crate) uid_sets: BTreeMap<u32, BufferSet>,
+    /// Per-PID buffer sets, by app id.
     pub(crate) pid_sets: BTreeMap<u64, BufferSet>,
+    /// The kernel sub-session, once created.
+    pub(crate) kernel: Option<u64>,
 }
 
 impl Recording {
     pub(crate) fn new() -> Self {
         Self {
-            uid_set: None,
+            uid_sets: BTreeMap::new(),
             pid_sets: BTreeMap::new(),
+            kernel: None,
         }
     }
 }

@@ -308,6 +308,7 @@ impl Registry {
                 .map_err(|e| err(ErrorCode::InvalidName, e.to_string()))?;
         }
         let s = self.get_mut(session)?;
+        kernel_rules_open(s, domain)?;
         let channel_name = channel.unwrap_or(DEFAULT_CHANNEL);
         if s.channel_mut(domain, channel_name).is_none() {
             if channel.is_some() {
@@ -348,6 +349,7 @@ impl Registry {
         patterns: &[String],
     ) -> Result<(), WireError> {
         let s = self.get_mut(session)?;
+        kernel_rules_open(s, domain)?;
         let channel_name = channel.unwrap_or(DEFAULT_CHANNEL);
         let ch = s
             .channel_mut(domain, channel_name)
@@ -389,6 +391,22 @@ fn channel_not_found(name: &str, session: &str) -> WireError {
     )
 }
 
+/// Kernel events are enabled in the tracefs instance when the session first starts; later
+/// changes would need a new instance and new metadata, so they are refused.
+fn kernel_rules_open(s: &Session, domain: Domain) -> Result<(), WireError> {
+    if domain == Domain::Kernel && s.ever_started {
+        return Err(err(
+            ErrorCode::InvalidState,
+            format!(
+                "kernel events of session '{}' are fixed since its first start; enable kernel \
+                 events before `drtrace start`, or use a new session",
+                s.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn add_channel(s: &mut Session, config: ChannelConfig) -> Result<(), WireError> {
     if s.ever_started {
         return Err(err(
@@ -400,6 +418,24 @@ fn add_channel(s: &mut Session, config: ChannelConfig) -> Result<(), WireError> 
             ),
         ));
     }
+    // One tracefs instance serves a session's kernel side, and an instance's events cannot
+    // be split among buffers: so one kernel channel per session.
+    if config.domain == Domain::Kernel {
+        if let Some(other) = s
+            .channels
+            .iter()
+            .find(|c| c.config.domain == Domain::Kernel)
+        {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "session '{}' already has kernel channel '{}'; a session has one kernel \
+                     channel",
+                    s.name, other.config.name
+                ),
+            ));
+        }
+    }
     s.channels.push(Channel {
         config,
         enabled: true,
@@ -410,12 +446,6 @@ fn add_channel(s: &mut Session, config: ChannelConfig) -> Result<(), WireError> 
 
 fn check_channel(c: &ChannelConfig) -> Result<(), WireError> {
     check_name("channel", &c.name).map_err(|e| err(ErrorCode::InvalidName, e.to_string()))?;
-    if c.domain == Domain::Kernel {
-        return Err(err(
-            ErrorCode::Unsupported,
-            "kernel channels are served by the root broker, which this daemon cannot reach yet",
-        ));
-    }
     let layout = drtrace_ringbuf::Layout {
         subbuf_size: c.subbuf_size,
         num_subbuf: c.num_subbuf,

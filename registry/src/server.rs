@@ -22,8 +22,10 @@ use smol::{Async, LocalExecutor, Timer};
 
 use crate::apps::{App, AppNews};
 use crate::clock::ClockSetup;
+use crate::conn::Conn;
 use crate::consumer::Consumer;
 use crate::control;
+use crate::kernel::{Ctx, KernelBackend};
 use crate::recording::Recording;
 use crate::registry::Registry;
 
@@ -35,14 +37,82 @@ const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// client of the same user cannot exhaust the daemon's descriptors.
 const MAX_CONNECTIONS: usize = 512;
 
+/// Who may connect, in which role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessPolicy {
+    /// The per-user session daemon: only its own uid and root, in any role.
+    Owner,
+    /// The broker: applications of every user; control clients and session daemons only
+    /// when they are root or in `group` (by primary or supplementary group).
+    Broker {
+        /// The kernel-tracing group's name and gid, if it exists.
+        group: Option<(String, u32)>,
+    },
+}
+
+/// Serves a session daemon's kernel delegation connection (the broker's); gets the
+/// connection after its hello was answered.
+pub type SessiondHandler = Rc<dyn Fn(crate::kernel::Ctx, Conn) -> crate::kernel::BoxFuture<()>>;
+
+/// What a daemon built on the engine is.
+pub struct EngineConfig {
+    /// Who answers hellos.
+    pub info: DaemonInfo,
+    /// The socket path (for `status`).
+    pub socket: PathBuf,
+    /// The log file (for `status`, and the consumer's log goes beside it).
+    pub log_file: Option<PathBuf>,
+    /// Prefix of default session names (`<prefix>.<uuid>`).
+    pub user_name: String,
+    /// Who may connect.
+    pub access: AccessPolicy,
+    /// How kernel channels are served; `None` refuses them.
+    pub kernel: Option<Rc<dyn KernelBackend>>,
+    /// Serves [`Role::Sessiond`] connections (the broker); `None` refuses them.
+    pub sessiond_handler: Option<SessiondHandler>,
+    /// Where sessions of peers other than root go, whatever they ask (the broker: traces of
+    /// system-wide sessions stay in a root-owned directory); `None` lets clients choose.
+    pub forced_output: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("info", &self.info)
+            .field("socket", &self.socket)
+            .field("access", &self.access)
+            .field("kernel", &self.kernel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineConfig {
+    /// A configuration with no kernel support and clients choosing their outputs.
+    pub fn new(info: DaemonInfo, socket: PathBuf, user_name: String, access: AccessPolicy) -> Self {
+        Self {
+            info,
+            socket,
+            log_file: None,
+            user_name,
+            access,
+            kernel: None,
+            sessiond_handler: None,
+            forced_output: None,
+        }
+    }
+}
+
 /// Everything the connection tasks share.
-#[derive(Debug)]
 pub(crate) struct Daemon {
     pub(crate) info: DaemonInfo,
     pub(crate) uid: u32,
     pub(crate) socket: PathBuf,
     pub(crate) log_file: Option<PathBuf>,
     pub(crate) started: Instant,
+    pub(crate) access: AccessPolicy,
+    pub(crate) kernel: Option<Rc<dyn KernelBackend>>,
+    sessiond_handler: Option<SessiondHandler>,
+    pub(crate) forced_output: Option<PathBuf>,
     pub(crate) registry: RefCell<Registry>,
     /// Live applications by id.
     pub(crate) apps: RefCell<BTreeMap<u64, Rc<App>>>,
@@ -60,20 +130,34 @@ pub(crate) struct Daemon {
     shutdown: smol::channel::Sender<()>,
 }
 
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("info", &self.info)
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Daemon {
     /// Asks the loop to shut down (idempotent).
     pub(crate) fn request_shutdown(&self) {
         let _ = self.shutdown.try_send(());
     }
+
+    /// What a kernel backend may use.
+    pub(crate) fn ctx(&self) -> Ctx {
+        Ctx {
+            ex: Rc::clone(&self.ex),
+            consumer: Rc::clone(&self.consumer),
+        }
+    }
 }
 
-/// Serves `listener` until a termination signal or a stop request, then destroys every
-/// session (flushing their traces).
-pub(crate) fn run(
-    info: DaemonInfo,
-    socket: PathBuf,
-    log_file: Option<PathBuf>,
-    user_name: String,
+/// Serves the instance's socket until a termination signal or a stop request, then destroys
+/// every session (flushing their traces), removes the socket and returns.
+pub fn serve(
+    config: EngineConfig,
     mut instance: Instance,
     signals: TerminationSignals,
 ) -> std::io::Result<()> {
@@ -84,13 +168,17 @@ pub(crate) fn run(
     let ex = Rc::new(LocalExecutor::new());
     let clock = ClockSetup::detect();
     let daemon = Rc::new(Daemon {
-        uid: info.uid,
-        info,
-        consumer: Rc::new(Consumer::new(Rc::clone(&ex), log_file.clone())),
-        socket,
-        log_file,
+        uid: config.info.uid,
+        info: config.info,
+        consumer: Rc::new(Consumer::new(Rc::clone(&ex), config.log_file.clone())),
+        socket: config.socket,
+        log_file: config.log_file,
         started: Instant::now(),
-        registry: RefCell::new(Registry::new(user_name)),
+        access: config.access,
+        kernel: config.kernel,
+        sessiond_handler: config.sessiond_handler,
+        forced_output: config.forced_output,
+        registry: RefCell::new(Registry::new(config.user_name)),
         apps: RefCell::new(BTreeMap::new()),
         recordings: RefCell::new(BTreeMap::new()),
         ops: smol::lock::Mutex::new(()),
@@ -104,7 +192,7 @@ pub(crate) fn run(
     });
     let listener = Async::new(listener)?;
     let signals = Async::new(signals)?;
-    smol::block_on(ex.run(serve(
+    smol::block_on(ex.run(accept_loop(
         Rc::clone(&ex),
         Rc::clone(&daemon),
         listener,
@@ -125,7 +213,7 @@ enum Wake {
     Shutdown,
 }
 
-async fn serve(
+async fn accept_loop(
     ex: Rc<LocalExecutor<'static>>,
     daemon: Rc<Daemon>,
     listener: Async<UnixListener>,
@@ -184,7 +272,7 @@ async fn serve(
     }
 }
 
-async fn refuse(conn: &crate::conn::Conn, code: ErrorCode, message: String) {
+async fn refuse(conn: &Conn, code: ErrorCode, message: String) {
     log::warn!(
         "refused pid {} uid {}: {message}",
         conn.cred.pid,
@@ -203,8 +291,8 @@ async fn serve_peer(daemon: &Rc<Daemon>, stream: Async<UnixStream>) {
             return;
         }
     };
-    let mut conn = crate::conn::Conn::new(stream, cred);
-    if conn.cred.uid != daemon.uid && conn.cred.uid != 0 {
+    let mut conn = Conn::new(stream, cred);
+    if daemon.access == AccessPolicy::Owner && conn.cred.uid != daemon.uid && conn.cred.uid != 0 {
         let msg = format!(
             "{} may not use the session daemon of {}; each user has their own",
             UidName(conn.cred.uid),
@@ -224,39 +312,79 @@ async fn serve_peer(daemon: &Rc<Daemon>, stream: Async<UnixStream>) {
         refuse(&conn, e.code, e.message).await;
         return;
     }
-    match hello.role {
-        Role::Control => {
-            if conn
-                .send(&HelloReply::Welcome(daemon.info.clone()), &[])
-                .await
-                .is_ok()
-            {
-                control_loop(daemon, conn).await;
-            }
+    if matches!(hello.role, Role::Control | Role::Sessiond) {
+        if let Err(msg) = kernel_rights(&daemon.access, &conn.cred) {
+            refuse(&conn, ErrorCode::PermissionDenied, msg).await;
+            return;
         }
-        Role::App => {
-            if conn
-                .send(&HelloReply::Welcome(daemon.info.clone()), &[])
-                .await
-                .is_ok()
-            {
-                serve_app(daemon, conn).await;
-            }
-        }
-        Role::Consumer | Role::Sessiond => {
+    }
+    let handler = daemon.sessiond_handler.clone();
+    match (hello.role, handler) {
+        (Role::Control | Role::App, _) | (Role::Sessiond, Some(_)) => {}
+        (role, _) => {
             let msg = format!(
-                "the session daemon does not accept {} connections on its socket",
-                match hello.role {
+                "this daemon does not accept {} connections",
+                match role {
                     Role::Consumer => "consumer",
                     _ => "session daemon",
                 }
             );
             refuse(&conn, ErrorCode::Unsupported, msg).await;
+            return;
         }
+    }
+    if conn
+        .send(&HelloReply::Welcome(daemon.info.clone()), &[])
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match hello.role {
+        Role::Control => control_loop(daemon, conn).await,
+        Role::App => serve_app(daemon, conn).await,
+        Role::Sessiond => {
+            if let Some(handler) = daemon.sessiond_handler.clone() {
+                handler(daemon.ctx(), conn).await;
+            }
+        }
+        Role::Consumer => {}
     }
 }
 
-async fn serve_app(daemon: &Rc<Daemon>, mut conn: crate::conn::Conn) {
+/// Under the broker's policy, control clients and session daemons must be root or in the
+/// tracing group; the reason is written for the person who was refused.
+fn kernel_rights(
+    access: &AccessPolicy,
+    cred: &drtrace_proto::creds::PeerCred,
+) -> Result<(), String> {
+    let AccessPolicy::Broker { group } = access else {
+        return Ok(());
+    };
+    if cred.uid == 0 {
+        return Ok(());
+    }
+    let who = UidName(cred.uid);
+    match group {
+        Some((name, gid)) if cred.in_group(*gid) => {
+            let _ = name;
+            Ok(())
+        }
+        Some((name, _)) => Err(format!(
+            "{who} may not trace the kernel or the whole system: that needs root or membership \
+             in group '{name}' (an administrator can run `usermod -aG {name} {}`; then log in \
+             again)",
+            drtrace_proto::creds::user_name(cred.uid).unwrap_or_else(|| cred.uid.to_string())
+        )),
+        None => Err(format!(
+            "{who} may not trace the kernel or the whole system: only root may, because the \
+             broker's tracing group does not exist on this host (an administrator can create \
+             it with `groupadd tracing` and restart the broker)"
+        )),
+    }
+}
+
+async fn serve_app(daemon: &Rc<Daemon>, mut conn: Conn) {
     let reg = match crate::apps::receive_registration(&mut conn).await {
         Ok(reg) => reg,
         Err(e) => {
@@ -309,7 +437,7 @@ async fn serve_app(daemon: &Rc<Daemon>, mut conn: crate::conn::Conn) {
 }
 
 /// Answers unreadable input with an error (when the peer can still hear it) and logs it.
-async fn reject_bad_input(conn: &crate::conn::Conn, what: &str, e: FrameError) {
+async fn reject_bad_input(conn: &Conn, what: &str, e: FrameError) {
     let (pid, uid) = (conn.cred.pid, conn.cred.uid);
     match e {
         e if e.is_disconnect() => log::debug!("pid {pid} left before its {what}"),
@@ -328,7 +456,7 @@ async fn reject_bad_input(conn: &crate::conn::Conn, what: &str, e: FrameError) {
     }
 }
 
-async fn control_loop(daemon: &Rc<Daemon>, mut conn: crate::conn::Conn) {
+async fn control_loop(daemon: &Rc<Daemon>, mut conn: Conn) {
     loop {
         let request: ControlRequest = match conn.recv(Some(CONTROL_IDLE_TIMEOUT)).await {
             Ok((req, _fds)) => req,
@@ -339,7 +467,7 @@ async fn control_loop(daemon: &Rc<Daemon>, mut conn: crate::conn::Conn) {
         };
         log::debug!("pid {}: {request:?}", conn.cred.pid);
         let stop = request == ControlRequest::StopDaemon;
-        let reply = control::handle(daemon, request).await;
+        let reply = control::handle(daemon, &conn.cred, request).await;
         if conn.send(&reply, &[]).await.is_err() {
             return;
         }

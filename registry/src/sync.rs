@@ -7,14 +7,18 @@
 //! that hands streams to the consumer and commands to the apps, all apps at once.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use drtrace_proto::app::{AppCommand, ChannelKey};
 use drtrace_proto::consumer::{StreamKey, StreamStats};
-use drtrace_proto::control::{BufferOwnership, SessionInfo, SessionState, TraceStats};
+use drtrace_proto::control::{BufferOwnership, Domain, SessionInfo, SessionState, TraceStats};
 use drtrace_proto::error::{ErrorCode, WireError};
+use drtrace_proto::kernel::KernelSessionSpec;
 
 use crate::apps::App;
+use crate::kernel::KernelFiles;
 use crate::recording::{
     BufferSet, NewStream, Recording, SetContext, enabled_events, pid_set_dir, uid_set_dir,
     user_channels,
@@ -24,8 +28,9 @@ use crate::server::Daemon;
 /// Commands for one app, in order, with the channel each AddChannel maps.
 type Plan = Vec<(AppCommand, Vec<OwnedFd>, Option<ChannelKey>)>;
 
-/// Starts recording a session: allocates its per-UID buffers on first start, then tells every
-/// app.
+/// Starts recording a session: on its first start, creates its kernel sub-session if it has
+/// a kernel channel; then tells the kernel side and every app. Userspace buffers are made when
+/// the first app that needs them registers.
 pub(crate) async fn start(d: &Rc<Daemon>, name: &str) -> Result<SessionInfo, WireError> {
     let session_id = {
         let reg = d.registry.borrow();
@@ -39,17 +44,23 @@ pub(crate) async fn start(d: &Rc<Daemon>, name: &str) -> Result<SessionInfo, Wir
         s.id
     };
     d.consumer.ensure_started().await?;
-    let new_streams = ensure_uid_set(d, name, session_id)?;
-    if let Err(e) = add_streams(d, new_streams).await {
-        // Undo the first start entirely, so that a later start allocates afresh.
-        let output = d.registry.borrow().get(name).map(|s| s.output.clone());
-        if d.recordings.borrow_mut().remove(&session_id).is_some() {
-            if let Ok(output) = output {
-                let _ = std::fs::remove_dir_all(output.join("ust"));
-            }
+    let first = !d.recordings.borrow().contains_key(&session_id);
+    if first {
+        d.recordings
+            .borrow_mut()
+            .insert(session_id, Recording::new());
+        if let Err(e) = create_kernel(d, name, session_id).await {
+            d.recordings.borrow_mut().remove(&session_id);
+            return Err(e);
         }
-        let _ = d.consumer.flush_session(session_id, true).await;
-        return Err(e);
+    }
+    let kernel = d
+        .recordings
+        .borrow()
+        .get(&session_id)
+        .and_then(|r| r.kernel);
+    if let (Some(id), Some(backend)) = (kernel, d.kernel.clone()) {
+        backend.start(d.ctx(), id).await?;
     }
     d.registry
         .borrow_mut()
@@ -59,18 +70,109 @@ pub(crate) async fn start(d: &Rc<Daemon>, name: &str) -> Result<SessionInfo, Wir
     d.registry.borrow().info(name)
 }
 
-/// Stops recording: apps stop writing, then the consumer writes everything to disk.
+/// Creates the session's kernel sub-session (files made here, as the daemon's user).
+async fn create_kernel(d: &Rc<Daemon>, name: &str, session_id: u64) -> Result<(), WireError> {
+    let spec = {
+        let reg = d.registry.borrow();
+        let s = reg.get(name)?;
+        let Some(channel) = s
+            .channels
+            .iter()
+            .find(|c| c.config.domain == Domain::Kernel && c.enabled)
+        else {
+            return Ok(());
+        };
+        let rules: Vec<_> = channel
+            .rules
+            .iter()
+            .filter(|r| r.enabled)
+            .map(|r| r.rule.clone())
+            .collect();
+        if rules.is_empty() {
+            return Ok(());
+        }
+        (
+            KernelSessionSpec {
+                session_name: s.name.clone(),
+                session_uuid: s.uuid,
+                channel: channel.config.clone(),
+                rules,
+            },
+            s.output.clone(),
+        )
+    };
+    let (spec, output) = spec;
+    let backend = d.kernel.clone().ok_or_else(|| {
+        WireError::new(
+            ErrorCode::Unsupported,
+            "kernel tracing is not available from this daemon",
+        )
+    })?;
+    let info = backend.clone().info(d.ctx()).await?;
+    let dir = output.join("kernel");
+    let files = create_kernel_files(&dir, &spec.channel.name, info.cpus)?;
+    match backend.create(d.ctx(), spec, files).await {
+        Ok(created) => {
+            log::info!(
+                "session {name}: kernel events {}",
+                created.events.join(", ")
+            );
+            if let Some(rec) = d.recordings.borrow_mut().get_mut(&session_id) {
+                rec.kernel = Some(created.id);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // Leave no half-made kernel trace behind.
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+fn create_kernel_files(dir: &Path, channel: &str, cpus: u32) -> Result<KernelFiles, WireError> {
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        WireError::new(ErrorCode::Io, format!("cannot {what} {}: {e}", p.display()))
+    };
+    std::fs::DirBuilder::new()
+        .mode(0o750)
+        .create(dir)
+        .map_err(|e| io("create", dir, e))?;
+    let open = |p: PathBuf| -> Result<OwnedFd, WireError> {
+        std::fs::OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .append(true)
+            .mode(0o640)
+            .custom_flags(
+                nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits(),
+            )
+            .open(&p)
+            .map(OwnedFd::from)
+            .map_err(|e| io("create", &p, e))
+    };
+    let metadata = open(dir.join("metadata"))?;
+    let streams = (0..cpus)
+        .map(|cpu| open(dir.join(format!("{channel}_{cpu}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(KernelFiles { metadata, streams })
+}
+
+/// Stops recording: the kernel side and the apps stop writing, then the consumer writes
+/// everything to disk.
 pub(crate) async fn stop(d: &Rc<Daemon>, name: &str) -> Result<SessionInfo, WireError> {
     let session_id = d.registry.borrow().get(name)?.id;
     d.registry
         .borrow_mut()
         .set_state(name, SessionState::Inactive)?;
+    let kernel = kernel_call(d, session_id, false).await;
     for_each_app(d, session_id, |session| AppCommand::SetSessionActive {
         session,
         active: false,
     })
     .await;
-    let stats = flush(d, session_id, false).await;
+    let mut stats = flush(d, session_id, false).await;
+    merge_kernel(&mut stats, kernel);
     log::info!(
         "stopped session {name}: {} events recorded, {} discarded",
         stats.events_recorded,
@@ -78,6 +180,35 @@ pub(crate) async fn stop(d: &Rc<Daemon>, name: &str) -> Result<SessionInfo, Wire
     );
     d.registry.borrow_mut().get_mut(name)?.stats = Some(stats);
     d.registry.borrow().info(name)
+}
+
+/// Stops or destroys the kernel sub-session of a session, if it has a live one.
+async fn kernel_call(
+    d: &Rc<Daemon>,
+    session_id: u64,
+    destroy: bool,
+) -> Option<Result<Vec<StreamStats>, WireError>> {
+    let id = d.recordings.borrow().get(&session_id)?.kernel?;
+    let backend = d.kernel.clone()?;
+    let result = if destroy {
+        backend.destroy(d.ctx(), id).await
+    } else {
+        backend.stop(d.ctx(), id).await
+    };
+    if destroy {
+        if let Some(rec) = d.recordings.borrow_mut().get_mut(&session_id) {
+            rec.kernel = None;
+        }
+    }
+    Some(result)
+}
+
+fn merge_kernel(stats: &mut TraceStats, kernel: Option<Result<Vec<StreamStats>, WireError>>) {
+    match kernel {
+        None => {}
+        Some(Ok(streams)) => add_stats(stats, &streams),
+        Some(Err(e)) => stats.errors.push(format!("kernel events were lost: {e}")),
+    }
 }
 
 /// Stops (if needed) and removes a session; its trace is complete on disk when this returns.
@@ -99,6 +230,10 @@ pub(crate) async fn destroy(d: &Rc<Daemon>, name: &str) -> Result<SessionInfo, W
             .borrow_mut()
             .retain(|k| k.session != session_id);
         app.active.borrow_mut().remove(&session_id);
+    }
+    let kernel = kernel_call(d, session_id, true).await;
+    if let Some(Err(e)) = &kernel {
+        log::warn!("session {name}: kernel part: {e}");
     }
     let had_recording = d.recordings.borrow_mut().remove(&session_id).is_some();
     if had_recording {
@@ -160,8 +295,9 @@ pub(crate) async fn app_gone(d: &Rc<Daemon>, app: &Rc<App>) {
         recs.iter()
             .filter(|(id, _)| sessions.contains(id))
             .flat_map(|(_, rec)| {
-                rec.uid_set
-                    .iter()
+                rec.uid_sets
+                    .get(&app.uid)
+                    .into_iter()
                     .chain(rec.pid_sets.get(&app.id))
                     .flat_map(BufferSet::stream_keys)
                     .collect::<Vec<_>>()
@@ -169,32 +305,6 @@ pub(crate) async fn app_gone(d: &Rc<Daemon>, app: &Rc<App>) {
             .collect()
     };
     d.consumer.writers_died(streams).await;
-}
-
-/// Creates the session's recording and per-UID set on first start.
-fn ensure_uid_set(d: &Daemon, name: &str, session_id: u64) -> Result<Vec<NewStream>, WireError> {
-    let reg = d.registry.borrow();
-    let session = reg.get(name)?;
-    let mut recs = d.recordings.borrow_mut();
-    let rec = recs.entry(session_id).or_insert_with(Recording::new);
-    let wants_uid_set =
-        user_channels(session).any(|(_, c)| c.config.buffers == BufferOwnership::PerUid);
-    if rec.uid_set.is_some() || !wants_uid_set {
-        return Ok(Vec::new());
-    }
-    let ctx = SetContext {
-        session_id,
-        session,
-        clock: &d.clock,
-        cpus: d.cpus,
-        ownership: BufferOwnership::PerUid,
-        app: None,
-    };
-    let mut next = d.next_stream.get();
-    let (set, streams) = BufferSet::create(&ctx, uid_set_dir(&session.output, d.uid), &mut next)?;
-    d.next_stream.set(next);
-    rec.uid_set = Some(set);
-    Ok(streams)
 }
 
 async fn add_streams(d: &Rc<Daemon>, streams: Vec<NewStream>) -> Result<(), WireError> {
@@ -213,6 +323,23 @@ fn plan_app(d: &Daemon, name: &str, app: &App) -> Result<(Plan, Vec<NewStream>),
         return Ok((Vec::new(), Vec::new()));
     };
     let mut streams = Vec::new();
+    let wants_uid_set =
+        user_channels(session).any(|(_, c)| c.config.buffers == BufferOwnership::PerUid);
+    if wants_uid_set && !rec.uid_sets.contains_key(&app.uid) {
+        let ctx = SetContext {
+            session_id: session.id,
+            session,
+            clock: &d.clock,
+            cpus: d.cpus,
+            ownership: BufferOwnership::PerUid,
+            app: None,
+        };
+        let mut next = d.next_stream.get();
+        let (set, new) = BufferSet::create(&ctx, uid_set_dir(&session.output, app.uid), &mut next)?;
+        d.next_stream.set(next);
+        rec.uid_sets.insert(app.uid, set);
+        streams = new;
+    }
     let wants_pid_set =
         user_channels(session).any(|(_, c)| c.config.buffers == BufferOwnership::PerPid);
     if wants_pid_set && !rec.pid_sets.contains_key(&app.id) {
@@ -229,14 +356,14 @@ fn plan_app(d: &Daemon, name: &str, app: &App) -> Result<(Plan, Vec<NewStream>),
         let (set, new) = BufferSet::create(&ctx, dir, &mut next)?;
         d.next_stream.set(next);
         rec.pid_sets.insert(app.id, set);
-        streams = new;
+        streams.extend(new);
     }
     let events = app.events.borrow();
     let mapped = app.channels.borrow();
     let mut plan = Plan::new();
     for (idx, channel) in user_channels(session) {
         let set = match channel.config.buffers {
-            BufferOwnership::PerUid => rec.uid_set.as_mut(),
+            BufferOwnership::PerUid => rec.uid_sets.get_mut(&app.uid),
             BufferOwnership::PerPid => rec.pid_sets.get_mut(&app.id),
         };
         let Some(set) = set else { continue };

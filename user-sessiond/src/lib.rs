@@ -8,19 +8,14 @@
 //! The binary's `main` parses arguments, detaches and sets up logging; [`run`] does the rest:
 //! it takes the socket (see [`drtrace_daemon::instance`] for the one-daemon rules), reports
 //! readiness, and serves until SIGTERM/SIGINT or `drtrace daemon stop`, removing its socket
-//! on every exit path but SIGKILL (after which the next daemon cleans up).
+//! on every exit path but SIGKILL (after which the next daemon cleans up). The serving itself
+//! is [`drtrace_registry`]'s, shared with the broker; what is this daemon's own is who may
+//! connect (its user and root) and how kernel events are reached: delegated to the root
+//! broker, with the user's own credentials (`broker_link`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod apps;
-mod clock;
-mod conn;
-mod consumer;
-mod control;
-mod recording;
-mod registry;
-mod server;
-mod sync;
+mod broker_link;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +26,7 @@ use drtrace_daemon::signals::TerminationSignals;
 use drtrace_proto::hello::{DaemonInfo, PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use drtrace_proto::paths::UserInfo;
 use drtrace_proto::startup::Readiness;
+use drtrace_registry::{AccessPolicy, EngineConfig};
 use thiserror::Error;
 
 /// How long a starter waits for another daemon on the same socket to answer.
@@ -111,8 +107,10 @@ pub fn run(config: Config) -> Result<(), MainError> {
         },
         config.detached,
     );
-    server::run(info, socket, config.log_file, user.name, instance, signals)
-        .map_err(MainError::Serve)?;
+    let mut engine = EngineConfig::new(info, socket, user.name, AccessPolicy::Owner);
+    engine.log_file = config.log_file;
+    engine.kernel = Some(std::rc::Rc::new(broker_link::BrokerLink::new(user.uid)));
+    drtrace_registry::serve(engine, instance, signals).map_err(MainError::Serve)?;
     log::info!("exiting");
     Ok(())
 }
