@@ -1,3 +1,6 @@
+//! Clocks and times: the engine's clock choice (below), and the boot id, realtime offset and
+//! dates that every trace's metadata needs.
+//!
 //! The session daemon's clock choice, made once at start-up and written into every buffer
 //! header (which the writers read) and every metadata file (which the viewers read).
 //!
@@ -9,6 +12,8 @@
 use drtrace_ctf::metadata::ClockInfo;
 use drtrace_ringbuf::ClockSource;
 use nix::time::{ClockId, clock_gettime};
+use std::time::SystemTime;
+
 use uuid::Uuid;
 
 /// Environment variable forcing the clock: `monotonic` or `tsc`.
@@ -27,7 +32,7 @@ pub(crate) struct ClockSetup {
 impl ClockSetup {
     /// Calibrates the TSC, falling back to CLOCK_MONOTONIC nanoseconds.
     pub(crate) fn detect() -> Self {
-        let boot_id = crate::recording::boot_id();
+        let boot_id = boot_id();
         let forced = std::env::var(ENV_CLOCK).unwrap_or_default();
         if forced != "monotonic" {
             if let Some(cal) = drtrace_ringbuf::clock::calibrate_tsc() {
@@ -76,7 +81,7 @@ fn ns(id: ClockId) -> i128 {
 }
 
 /// CLOCK_REALTIME minus CLOCK_MONOTONIC, from the tightest of a few bracketed samples.
-fn mono_to_realtime_ns() -> i64 {
+pub fn mono_to_realtime_ns() -> i64 {
     let mut best: Option<(i128, i128)> = None;
     for _ in 0..5 {
         let m0 = ns(ClockId::CLOCK_MONOTONIC);
@@ -89,4 +94,20 @@ fn mono_to_realtime_ns() -> i64 {
         }
     }
     best.and_then(|(_, o)| i64::try_from(o).ok()).unwrap_or(0)
+}
+
+/// The boot id, the uuid of the clock shared by userspace and kernel traces.
+pub fn boot_id() -> Uuid {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .and_then(|s| Uuid::parse_str(s.trim()).ok())
+        .unwrap_or_else(Uuid::nil)
+}
+
+/// `YYYYmmdd<sep>HHMMSS<suffix>` in UTC.
+pub fn compact_utc(t: SystemTime, sep: &str, suffix: &str) -> String {
+    let iso = drtrace_daemon::logging::utc_timestamp(t); // YYYY-MM-DDTHH:MM:SS.mmmZ
+    let date: String = iso[..10].chars().filter(|c| *c != '-').collect();
+    let time: String = iso[11..19].chars().filter(|c| *c != ':').collect();
+    format!("{date}{sep}{time}{suffix}")
 }

@@ -18,7 +18,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use drtrace_proto::consumer::{
-    ConsumerCommand, ConsumerMessage, ConsumerReply, ConsumerRequest, StreamKey, StreamSetup,
+    ConsumerCommand, ConsumerMessage, ConsumerReply, ConsumerRequest, KernelStreamSetup, StreamKey,
+    StreamSetup,
 };
 use drtrace_proto::error::{ErrorCode, WireError};
 use drtrace_proto::paths::ENV_CONSUMERD_PATH;
@@ -38,10 +39,71 @@ pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A stream as registered with the consumer, kept to replay into a respawned one.
 #[derive(Debug)]
-struct StreamRecord {
-    setup: StreamSetup,
-    memfd: OwnedFd,
-    eventfd: OwnedFd,
+enum StreamRecord {
+    /// A userspace ring buffer; its file is reopened by path for each consumer.
+    Ust {
+        setup: StreamSetup,
+        memfd: OwnedFd,
+        eventfd: OwnedFd,
+    },
+    /// A kernel CPU buffer; its file came as a descriptor (the broker never opens a path
+    /// in a user's directory), so a duplicate of it is kept.
+    Kernel {
+        setup: KernelStreamSetup,
+        pipe: OwnedFd,
+        stats: OwnedFd,
+        file: OwnedFd,
+    },
+}
+
+impl StreamRecord {
+    fn key(&self) -> StreamKey {
+        match self {
+            StreamRecord::Ust { setup, .. } => setup.key,
+            StreamRecord::Kernel { setup, .. } => setup.key,
+        }
+    }
+
+    fn session(&self) -> u64 {
+        match self {
+            StreamRecord::Ust { setup, .. } => setup.session,
+            StreamRecord::Kernel { setup, .. } => setup.session,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            StreamRecord::Ust { setup, .. } => &setup.path,
+            StreamRecord::Kernel { setup, .. } => &setup.path,
+        }
+    }
+
+    /// The command that hands this stream to a consumer, with fresh descriptors.
+    fn command(&self) -> Result<(ConsumerCommand, Vec<OwnedFd>), WireError> {
+        Ok(match self {
+            StreamRecord::Ust {
+                setup,
+                memfd,
+                eventfd,
+            } => (
+                ConsumerCommand::AddStream(setup.clone()),
+                vec![
+                    dup(memfd.as_fd())?,
+                    dup(eventfd.as_fd())?,
+                    open_stream_file(&setup.path)?,
+                ],
+            ),
+            StreamRecord::Kernel {
+                setup,
+                pipe,
+                stats,
+                file,
+            } => (
+                ConsumerCommand::AddKernelStream(setup.clone()),
+                vec![dup(pipe.as_fd())?, dup(stats.as_fd())?, dup(file.as_fd())?],
+            ),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -89,30 +151,37 @@ impl Consumer {
         memfd: OwnedFd,
         eventfd: OwnedFd,
     ) -> Result<(), WireError> {
-        let record = StreamRecord {
+        self.add(StreamRecord::Ust {
             setup,
             memfd,
             eventfd,
-        };
-        self.send_stream(&record).await?;
-        self.streams.borrow_mut().insert(record.setup.key, record);
-        Ok(())
+        })
+        .await
     }
 
-    async fn send_stream(self: &Rc<Self>, record: &StreamRecord) -> Result<(), WireError> {
-        let file = open_stream_file(&record.setup.path)?;
-        let fds = vec![
-            dup(record.memfd.as_fd())?,
-            dup(record.eventfd.as_fd())?,
+    /// Registers a kernel CPU buffer: its `trace_pipe_raw`, its `stats` file, and the stream
+    /// file to write.
+    pub async fn add_kernel_stream(
+        self: &Rc<Self>,
+        setup: KernelStreamSetup,
+        pipe: OwnedFd,
+        stats: OwnedFd,
+        file: OwnedFd,
+    ) -> Result<(), WireError> {
+        self.add(StreamRecord::Kernel {
+            setup,
+            pipe,
+            stats,
             file,
-        ];
-        self.call(
-            ConsumerCommand::AddStream(record.setup.clone()),
-            fds,
-            ADD_STREAM_TIMEOUT,
-        )
+        })
         .await
-        .map(drop)
+    }
+
+    async fn add(self: &Rc<Self>, record: StreamRecord) -> Result<(), WireError> {
+        let (command, fds) = record.command()?;
+        self.call(command, fds, ADD_STREAM_TIMEOUT).await?;
+        self.streams.borrow_mut().insert(record.key(), record);
+        Ok(())
     }
 
     /// Starts the consumer now if none runs, so that a missing binary is reported before
@@ -122,7 +191,8 @@ impl Consumer {
     }
 
     /// Flushes a session's streams; with `remove`, also closes them and forgets them.
-    pub(crate) async fn flush_session(
+    /// Returns what each stream holds.
+    pub async fn flush_session(
         self: &Rc<Self>,
         session: u64,
         remove: bool,
@@ -131,7 +201,7 @@ impl Consumer {
             .streams
             .borrow()
             .values()
-            .any(|s| s.setup.session == session)
+            .any(|s| s.session() == session)
         {
             return Ok(Vec::new());
         }
@@ -144,7 +214,7 @@ impl Consumer {
         if remove {
             self.streams
                 .borrow_mut()
-                .retain(|_, s| s.setup.session != session);
+                .retain(|_, s| s.session() != session);
         }
         match reply? {
             ConsumerReply::Flushed(mut stats) => {
@@ -259,36 +329,32 @@ impl Consumer {
         // Replay streams known from a previous consumer.
         let keys: Vec<StreamKey> = self.streams.borrow().keys().copied().collect();
         for key in keys {
-            let result = {
-                let streams = self.streams.borrow();
-                streams.get(&key).map(|record| {
-                    (
-                        record.setup.clone(),
-                        dup(record.memfd.as_fd()),
-                        dup(record.eventfd.as_fd()),
-                    )
-                })
+            let prepared = self
+                .streams
+                .borrow()
+                .get(&key)
+                .map(|r| (r.command(), r.path().to_owned()));
+            let Some((prepared, path)) = prepared else {
+                continue;
             };
-            if let Some((setup, memfd, eventfd)) = result {
-                let fds = match (memfd, eventfd, open_stream_file(&setup.path)) {
-                    (Ok(m), Ok(e), Ok(f)) => vec![m, e, f],
-                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                        log::warn!("cannot replay stream {}: {e}", setup.path.display());
-                        continue;
-                    }
-                };
-                let (rtx, rrx) = smol::channel::bounded(1);
-                let _ = tx
-                    .send(Pending {
-                        command: ConsumerCommand::AddStream(setup),
-                        fds,
-                        timeout: ADD_STREAM_TIMEOUT,
-                        reply: rtx,
-                    })
-                    .await;
-                if let Ok(Err(e)) | Ok(Ok(ConsumerReply::Error(e))) = rrx.recv().await {
-                    log::warn!("consumer refused a replayed stream: {e}");
+            let (command, fds) = match prepared {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("cannot replay stream {}: {e}", path.display());
+                    continue;
                 }
+            };
+            let (rtx, rrx) = smol::channel::bounded(1);
+            let _ = tx
+                .send(Pending {
+                    command,
+                    fds,
+                    timeout: ADD_STREAM_TIMEOUT,
+                    reply: rtx,
+                })
+                .await;
+            if let Ok(Err(e)) | Ok(Ok(ConsumerReply::Error(e))) = rrx.recv().await {
+                log::warn!("consumer refused replayed stream {}: {e}", path.display());
             }
         }
         Ok(tx)

@@ -43,7 +43,7 @@
 #![warn(missing_docs)]
 
 mod apps;
-mod clock;
+pub mod clock;
 mod conn;
 mod consumer;
 mod control;
@@ -55,4 +55,4 @@ mod sync;
 
 pub use conn::{Conn, FRAME_TIMEOUT, with_timeout};
 pub use consumer::Consumer;
-pub use server::{AccessPolicy, EngineConfig, SessiondHandler, serve};
+pub use server::{AccessPolicy, EngineConfig, SessiondHandler, ShutdownHook, serve};

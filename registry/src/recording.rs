@@ -28,7 +28,6 @@ use drtrace_proto::control::{BufferMode, BufferOwnership, ChannelConfig, Domain}
 use drtrace_proto::error::{ErrorCode, WireError};
 use drtrace_proto::event::EventDescription;
 use drtrace_proto::names::wildcard_match;
-use uuid::Uuid;
 
 use crate::clock::ClockSetup;
 use crate::registry::{Channel, Session};
@@ -120,7 +119,7 @@ impl BufferSet {
             tracer_patchlevel: version_part(2),
             hostname: hostname(),
             trace_name: ctx.session.name.clone(),
-            creation_datetime: compact_utc(SystemTime::now(), "T", "+0000"),
+            creation_datetime: crate::clock::compact_utc(SystemTime::now(), "T", "+0000"),
             extra_env,
             clock: ctx.clock.clock_info(),
         };
@@ -332,14 +331,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// `YYYYmmdd<sep>HHMMSS<suffix>` in UTC.
-pub(crate) fn compact_utc(t: SystemTime, sep: &str, suffix: &str) -> String {
-    let iso = drtrace_daemon::logging::utc_timestamp(t); // YYYY-MM-DDTHH:MM:SS.mmmZ
-    let date: String = iso[..10].chars().filter(|c| *c != '-').collect();
-    let time: String = iso[11..19].chars().filter(|c| *c != ':').collect();
-    format!("{date}{sep}{time}{suffix}")
-}
-
 /// The directory of the per-UID set of a session.
 pub(crate) fn uid_set_dir(output: &Path, uid: u32) -> PathBuf {
     output.join("ust/uid").join(uid.to_string()).join("64-bit")
@@ -362,9 +353,10 @@ pub(crate) fn pid_set_dir(
             }
         })
         .collect();
-    output
-        .join("ust/pid")
-        .join(format!("{safe}-{pid}-{}", compact_utc(registered, "-", "")))
+    output.join("ust/pid").join(format!(
+        "{safe}-{pid}-{}",
+        crate::clock::compact_utc(registered, "-", "")
+    ))
 }
 
 /// What a started session owns.
@@ -387,14 +379,6 @@ impl Recording {
             kernel: None,
         }
     }
-}
-
-/// The boot id, the uuid of the clock shared by userspace and kernel traces.
-pub(crate) fn boot_id() -> Uuid {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .and_then(|s| Uuid::parse_str(s.trim()).ok())
-        .unwrap_or_else(Uuid::nil)
 }
 
 /// Number of possible CPUs (not only online ones: a CPU brought online later still needs
@@ -422,7 +406,10 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_795_763_496);
         let dir = pid_set_dir(Path::new("/t"), "my app/x", 42, t);
         assert_eq!(dir, PathBuf::from("/t/ust/pid/my_app_x-42-20261127-071136"));
-        assert_eq!(compact_utc(t, "T", "+0000"), "20261127T071136+0000");
+        assert_eq!(
+            crate::clock::compact_utc(t, "T", "+0000"),
+            "20261127T071136+0000"
+        );
     }
 
     #[test]

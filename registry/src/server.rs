@@ -73,7 +73,13 @@ pub struct EngineConfig {
     /// Where sessions of peers other than root go, whatever they ask (the broker: traces of
     /// system-wide sessions stay in a root-owned directory); `None` lets clients choose.
     pub forced_output: Option<PathBuf>,
+    /// Runs at shutdown, after every session was destroyed and before the consumer is let go
+    /// (the broker removes the kernel sub-sessions of session daemons still connected).
+    pub on_shutdown: Option<ShutdownHook>,
 }
+
+/// See [`EngineConfig::on_shutdown`].
+pub type ShutdownHook = Rc<dyn Fn(Ctx) -> crate::kernel::BoxFuture<()>>;
 
 impl std::fmt::Debug for EngineConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,6 +104,7 @@ impl EngineConfig {
             kernel: None,
             sessiond_handler: None,
             forced_output: None,
+            on_shutdown: None,
         }
     }
 }
@@ -200,6 +207,9 @@ pub fn serve(
         shutdown_rx,
     )))?;
     smol::block_on(ex.run(control::destroy_all(&daemon)));
+    if let Some(hook) = config.on_shutdown {
+        smol::block_on(ex.run(hook(daemon.ctx())));
+    }
     // The socket and lock go before any connection closes: a client waiting for our exit
     // (daemon stop) must find the socket gone once it sees its connection close.
     drop(instance);
