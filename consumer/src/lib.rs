@@ -5,9 +5,11 @@
 //! of a socket pair as its standard input and sends it [`ConsumerRequest`]s
 //! (`drtrace_proto::consumer`): `add_stream` with three descriptors (the buffer's sealed
 //! memfd, its wake-up eventfd, and the stream file opened `O_APPEND`), `flush_session`,
-//! `remove_session`, `writers_died` and `ping`. The consumer opens nothing by path. Linked
-//! only by its own binary (`main.rs`) and its tests; the library exists so that tests reach
-//! the logic.
+//! `remove_session`, `writers_died` and `ping`. The root consumer the broker spawns also
+//! gets `add_kernel_stream` with three descriptors (a CPU's ftrace `trace_pipe_raw`, its
+//! `stats` file, and the stream file), and converts the kernel's pages to CTF (see "Kernel
+//! streams"); it is the same binary. The consumer opens nothing by path. Linked only by its
+//! own binary (`main.rs`) and its tests; the library exists so that tests reach the logic.
 //!
 //! # Architecture
 //!
@@ -16,6 +18,8 @@
 //! - `service`: the single-threaded event loop and the commands.
 //! - `stream`: one buffer and its file: reading sub-buffers, building packets, accounting,
 //!   flushing.
+//! - `kernel`: one CPU's ftrace buffer and its file: reading pages, converting them with
+//!   `drtrace_ftrace`, numbering packets, accounting, draining at a flush.
 //! - `output`: the stream file: repairing what a killed consumer left, appending whole
 //!   packets, rolling back a failed write.
 //!
@@ -35,7 +39,8 @@
 //! within one period. Before sleeping it arms each live stream's wake-up flag (a writer then
 //! signals the eventfd when it completes a sub-buffer); if a stream already has data it does
 //! not sleep. Overwrite-mode streams are not drained while recording (a flight recorder keeps
-//! the newest data); they are read at flush.
+//! the newest data); they are read at flush. Kernel streams are polled on their
+//! `trace_pipe_raw`, which the kernel makes readable at the instance's `buffer_percent`.
 //!
 //! # Commands
 //!
@@ -55,7 +60,16 @@
 //!   then the reply.
 //! - `writers_died`: marks the streams; from then on every read-timer tick releases their
 //!   sub-buffers that stayed half-committed for [`Config::stuck_timeout`].
+//! - `add_kernel_stream`: parses the request's `header_page` and event formats (a format
+//!   that does not parse is a `bad_request` naming the event), builds the event catalog in
+//!   the order given (the broker declares the events in the metadata in that order, so ids
+//!   agree; streams with the same formats share one catalog), reads the `stats` file once
+//!   to check it, and takes over the file as `add_stream` does.
 //! - `ping`: answers `ok`.
+//!
+//! `flush_session` and `remove_session` treat kernel streams like the others: a flush drains
+//! each kernel buffer to empty (the broker stops recording first) and writes the final lost
+//! count; `writers_died` ignores them.
 //!
 //! A request that does not decode gets an `error` reply with code `bad_request` (echoing its
 //! `seq` when the JSON has one) and the consumer goes on. When the session daemon closes the
@@ -104,6 +118,28 @@
 //! failing, or given up during this flush with the number of events it cost), a flush that ran
 //! out of time with a sub-buffer still half-committed, or corrupt sub-buffers skipped.
 //!
+//! # Kernel streams
+//!
+//! One per CPU of a session's ftrace instance. The loop reads a buffer when poll reports it
+//! readable: `read()` of whole pages (partial pages included) until the buffer is empty, up
+//! to 256 pages per turn; the pages are converted with `drtrace_ftrace::ctf::KernelStream`
+//! and the burst's packets written with one `write(2)` (with the baseline packet in front
+//! when the file is new). A 0-byte read is "try again", not end of file; a wake-up that
+//! finds nothing takes the buffer out of the poll set until the next read-timer tick, so a
+//! descriptor that keeps polling readable cannot make the loop spin. The `stats` file is
+//! re-read (`pread` at offset 0) after each burst, on every read-timer tick and at each
+//! flush. Nothing is read on the timer: a buffer below `buffer_percent` waits for the next
+//! flush, as trace-cmd's does.
+//!
+//! Accounting is the same as for userspace streams, with the kernel as the writer: a kernel
+//! stream's lost count is the converter's (events lost before pages flagged as following a
+//! loss, or `overrun` if larger, plus `commit overrun` and `dropped events` of `stats`), plus
+//! events whose type is missing from the request's formats (they cannot be written), plus
+//! the consumer's own losses at a flush. So `events recorded + last events_discarded` is
+//! every event the kernel recorded in the buffer, except the events after the damage in a
+//! malformed page, which the flush stats report. A failed write stops reading the buffer
+//! until it succeeds; the kernel counts what it then drops.
+//!
 //! Stream files are not `fsync`ed: a flush guarantees the data is in the files for every
 //! reader of the system, not that it survives a power cut.
 //!
@@ -142,6 +178,7 @@
 #![warn(missing_docs)]
 
 mod control;
+mod kernel;
 mod output;
 mod service;
 mod stream;
@@ -260,8 +297,9 @@ fn control_socket() -> Result<UnixStream, MainError> {
 }
 
 /// Raises the soft descriptor limit to the hard one: each stream holds two descriptors
-/// (eventfd and file), and a machine with many CPUs, channels and per-process buffers passes
-/// the usual soft limit of 1024.
+/// (eventfd and file; a kernel stream four: buffer, its duplicate for poll, stats and file),
+/// and a machine with many CPUs, channels and per-process buffers passes the usual soft
+/// limit of 1024.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {

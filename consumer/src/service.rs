@@ -1,20 +1,22 @@
 //! The event loop and the commands it serves.
 //!
-//! One thread polls the control socket, the termination signals and the eventfd of every
-//! live stream, with the read timer as timeout. Each turn:
+//! One thread polls the control socket, the termination signals, the eventfd of every live
+//! userspace stream and the `trace_pipe_raw` of every live kernel stream, with the read
+//! timer as timeout. Each turn:
 //!
 //! 1. read-timer work when due (retry failed writes, release stuck sub-buffers of dead
-//!    writers), and switch timers;
-//! 2. drain every live stream, up to its budget (one buffer's worth of packets), so that a
-//!    busy stream cannot starve the others or the control socket;
-//! 3. arm the wake-up of every live stream; if one already has data (or a budget ran out),
-//!    poll without sleeping;
-//! 4. poll; then empty the eventfds that fired, disarm, and serve a signal or the control
-//!    socket.
+//!    writers, refresh the kernel buffers' loss counters), and switch timers;
+//! 2. drain every live userspace stream, and read every kernel buffer poll reported, up to
+//!    a budget each (one ring's worth of packets, [`crate::kernel::BURST_PAGES`] pages), so
+//!    that a busy stream cannot starve the others or the control socket;
+//! 3. arm the wake-up of every live userspace stream; if one already has data (or a budget
+//!    ran out), poll without sleeping;
+//! 4. poll; then empty the eventfds that fired, disarm, note the kernel buffers that are
+//!    readable, and serve a signal or the control socket.
 //!
 //! A command runs to completion inside the loop. A flush waits (bounded by
-//! [`Config::flush_timeout`]) for the last commits of the session's buffers; other sessions'
-//! buffers wait meanwhile, which their rings absorb.
+//! [`Config::flush_timeout`]) for the last commits of the session's buffers, and drains its
+//! kernel buffers; other sessions' buffers wait meanwhile, which their rings absorb.
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -22,14 +24,15 @@ use std::time::{Duration, Instant};
 
 use drtrace_daemon::signals::TerminationSignals;
 use drtrace_proto::consumer::{
-    ConsumerCommand, ConsumerMessage, ConsumerReply, ConsumerRequest, StreamKey, StreamSetup,
-    StreamStats,
+    ConsumerCommand, ConsumerMessage, ConsumerReply, ConsumerRequest, KernelStreamSetup, StreamKey,
+    StreamSetup, StreamStats,
 };
 use drtrace_proto::error::{ErrorCode, WireError};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::control::{Control, ControlError, Incoming};
+use crate::kernel::{Catalogs, CpuStream, KernelAddError};
 use crate::stream::{Drained, Stream};
 use crate::{Config, MainError};
 
@@ -49,6 +52,11 @@ pub(crate) struct Service {
     control: Control,
     signals: TerminationSignals,
     streams: BTreeMap<StreamKey, Stream>,
+    kernel: BTreeMap<StreamKey, CpuStream>,
+    catalogs: Catalogs,
+    /// Kernel streams to read at the next turn: poll said readable (true), or the last
+    /// burst ran out of budget (false).
+    kernel_due: Vec<(StreamKey, bool)>,
 }
 
 /// What poll reported.
@@ -57,6 +65,7 @@ struct Ready {
     control: bool,
     signal: bool,
     woken: Vec<StreamKey>,
+    kernel: Vec<StreamKey>,
 }
 
 impl Service {
@@ -66,6 +75,9 @@ impl Service {
             control,
             signals,
             streams: BTreeMap::new(),
+            kernel: BTreeMap::new(),
+            catalogs: Catalogs::default(),
+            kernel_due: Vec::new(),
         }
     }
 
@@ -82,6 +94,9 @@ impl Service {
                 for s in self.streams.values_mut() {
                     s.tick(now, self.config.stuck_timeout);
                 }
+                for k in self.kernel.values_mut() {
+                    k.tick();
+                }
                 next_tick = now + self.config.read_timer;
             }
             let mut busy = false;
@@ -91,6 +106,7 @@ impl Service {
                     busy |= s.drain() == Drained::More;
                 }
             }
+            busy |= self.read_kernel();
             if let Err(e) = self.report_failures() {
                 return self.fail(e);
             }
@@ -107,6 +123,8 @@ impl Service {
                     s.clear_wake();
                 }
             }
+            self.kernel_due
+                .extend(ready.kernel.iter().map(|k| (*k, true)));
             for s in self.streams.values() {
                 s.disarm();
             }
@@ -131,6 +149,21 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// Reads the kernel buffers that are due; true when one has more to read at once.
+    fn read_kernel(&mut self) -> bool {
+        let mut busy = false;
+        for (key, woken) in std::mem::take(&mut self.kernel_due) {
+            let Some(k) = self.kernel.get_mut(&key) else {
+                continue;
+            };
+            if k.read_burst(woken) == Drained::More {
+                self.kernel_due.push((key, false));
+                busy = true;
+            }
+        }
+        busy
     }
 
     /// Arms the live streams and polls; `busy` (or data found while arming) means poll
@@ -160,7 +193,13 @@ impl Service {
             .filter(|s| s.live())
             .map(Stream::key)
             .collect();
-        let mut fds = Vec::with_capacity(2 + live.len());
+        let kernel: Vec<StreamKey> = self
+            .kernel
+            .values()
+            .filter(|k| k.live())
+            .map(CpuStream::key)
+            .collect();
+        let mut fds = Vec::with_capacity(2 + live.len() + kernel.len());
         fds.push(PollFd::new(self.control.fd(), PollFlags::POLLIN));
         fds.push(PollFd::new(
             std::os::fd::AsFd::as_fd(&self.signals),
@@ -169,6 +208,11 @@ impl Service {
         for key in &live {
             if let Some(s) = self.streams.get(key) {
                 fds.push(PollFd::new(s.wake_fd(), PollFlags::POLLIN));
+            }
+        }
+        for key in &kernel {
+            if let Some(k) = self.kernel.get(key) {
+                fds.push(PollFd::new(k.poll_fd(), PollFlags::POLLIN));
             }
         }
         // Round up so a deadline a few microseconds away does not spin.
@@ -189,6 +233,12 @@ impl Service {
             woken: live
                 .iter()
                 .zip(&fds[2..])
+                .filter(|(_, fd)| fired(fd))
+                .map(|(k, _)| *k)
+                .collect(),
+            kernel: kernel
+                .iter()
+                .zip(&fds[2 + live.len()..])
                 .filter(|(_, fd)| fired(fd))
                 .map(|(k, _)| *k)
                 .collect(),
@@ -213,11 +263,16 @@ impl Service {
 
     /// Sends each new write failure to the session daemon, once.
     fn report_failures(&mut self) -> Result<(), ControlError> {
-        let reports: Vec<(StreamKey, String)> = self
+        let mut reports: Vec<(StreamKey, String)> = self
             .streams
             .values_mut()
             .filter_map(|s| Some((s.key(), s.take_report()?)))
             .collect();
+        reports.extend(
+            self.kernel
+                .values_mut()
+                .filter_map(|k| Some((k.key(), k.take_report()?))),
+        );
         for (key, message) in reports {
             self.control
                 .send(&ConsumerMessage::StreamError { key, message })?;
@@ -252,7 +307,12 @@ impl Service {
 
     /// Runs one command.
     fn handle(&mut self, command: ConsumerCommand, fds: Vec<OwnedFd>) -> ConsumerReply {
-        if !fds.is_empty() && !matches!(command, ConsumerCommand::AddStream(_)) {
+        if !fds.is_empty()
+            && !matches!(
+                command,
+                ConsumerCommand::AddStream(_) | ConsumerCommand::AddKernelStream(_)
+            )
+        {
             let message = format!(
                 "this command takes no descriptors, {} were attached",
                 fds.len()
@@ -263,7 +323,7 @@ impl Service {
         match command {
             ConsumerCommand::AddStream(setup) => self.add_stream(setup, fds),
             ConsumerCommand::FlushSession { session } => {
-                ConsumerReply::Flushed(self.flush(|s| s.session() == session))
+                ConsumerReply::Flushed(self.flush(Some(session), false))
             }
             ConsumerCommand::RemoveSession { session } => {
                 ConsumerReply::Flushed(self.remove_session(session))
@@ -279,22 +339,52 @@ impl Service {
                             );
                             s.set_writers_died();
                         }
+                        None if self.kernel.contains_key(&key) => {
+                            log::debug!("writers_died names kernel stream {}: ignored", key.0);
+                        }
                         None => log::debug!("writers_died names unknown stream {}", key.0),
                     }
                 }
                 ConsumerReply::Ok
             }
             ConsumerCommand::Ping => ConsumerReply::Ok,
-            ConsumerCommand::AddKernelStream(setup) => ConsumerReply::Error(WireError::new(
-                ErrorCode::Unsupported,
-                format!("stream {}: kernel streams are not supported yet", setup.key.0),
-            )),
+            ConsumerCommand::AddKernelStream(setup) => self.add_kernel_stream(setup, fds),
+        }
+    }
+
+    fn add_kernel_stream(&mut self, setup: KernelStreamSetup, fds: Vec<OwnedFd>) -> ConsumerReply {
+        let key = setup.key;
+        let events = setup.formats.len();
+        let result = if self.streams.contains_key(&key) || self.kernel.contains_key(&key) {
+            Err(KernelAddError::Duplicate(key.0))
+        } else {
+            CpuStream::add(setup, fds, &mut self.catalogs)
+        };
+        match result {
+            Ok((stream, recovered)) => {
+                log::info!(
+                    "kernel stream {} added: {} (session {}, stream id {}, cpu {}, {events} event type(s)){}",
+                    key.0,
+                    stream.path().display(),
+                    stream.session(),
+                    stream.stream_id(),
+                    stream.cpu(),
+                    recovered_text(&recovered)
+                );
+                self.kernel.insert(key, stream);
+                ConsumerReply::Ok
+            }
+            Err(e) => {
+                let message = error_chain(&e);
+                log::warn!("kernel stream {} refused: {message}", key.0);
+                ConsumerReply::Error(WireError::new(e.code(), message))
+            }
         }
     }
 
     fn add_stream(&mut self, setup: StreamSetup, fds: Vec<OwnedFd>) -> ConsumerReply {
         let key = setup.key;
-        let result = if self.streams.contains_key(&key) {
+        let result = if self.streams.contains_key(&key) || self.kernel.contains_key(&key) {
             Err(crate::stream::AddError::Duplicate(key.0))
         } else {
             Stream::add(setup, fds, Instant::now())
@@ -302,19 +392,7 @@ impl Service {
         match result {
             Ok((stream, recovered)) => {
                 let s = stream.setup();
-                let mut existing = String::new();
-                if recovered.packets > 0 || recovered.truncated > 0 {
-                    existing = format!(
-                        "; the file already held {} packets ({} bytes)",
-                        recovered.packets, recovered.bytes
-                    );
-                    if recovered.truncated > 0 {
-                        existing += &format!(
-                            ", {} bytes of an incomplete packet were cut off its end",
-                            recovered.truncated
-                        );
-                    }
-                }
+                let existing = recovered_text(&recovered);
                 log::info!(
                     "stream {} added: {} (session {}, stream id {}, cpu {}, {} mode, switch timer {} ms){existing}",
                     key.0,
@@ -339,13 +417,16 @@ impl Service {
         }
     }
 
-    /// Flushes the streams `select` picks, in parallel, within the flush timeout.
-    fn flush(&mut self, select: impl Fn(&Stream) -> bool) -> Vec<StreamStats> {
+    /// Flushes the streams of `session` (every stream with `None`), in parallel, within the
+    /// flush timeout; `remove` ends the kernel streams' conversion too (the caller removes
+    /// the streams). Returns the stats in key order.
+    fn flush(&mut self, session: Option<u64>, remove: bool) -> Vec<StreamStats> {
         let start = Instant::now();
+        let picked = |s: u64| session.is_none_or(|want| want == s);
         let keys: Vec<StreamKey> = self
             .streams
             .values()
-            .filter(|s| select(s))
+            .filter(|s| picked(s.session()))
             .map(Stream::key)
             .collect();
         for key in &keys {
@@ -354,6 +435,15 @@ impl Service {
             }
         }
         let deadline = start + self.config.flush_timeout;
+        // Kernel buffers are drained meanwhile: the broker stopped recording, so each holds
+        // at most its size. Pending userspace commits land in the meantime.
+        let mut stats: Vec<StreamStats> = self
+            .kernel
+            .values_mut()
+            .filter(|k| picked(k.session()))
+            .map(|k| k.flush(deadline, remove))
+            .collect();
+        self.kernel_due.clear();
         let mut waiting = keys.clone();
         // Pending commits land within microseconds; a dead writer's after the stuck timeout.
         let mut pause = Duration::from_micros(100);
@@ -370,13 +460,12 @@ impl Service {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
         }
-        let stats: Vec<StreamStats> = keys
-            .iter()
-            .filter_map(|key| {
-                let complete = !waiting.contains(key);
-                Some(self.streams.get_mut(key)?.finish_flush(complete))
-            })
-            .collect();
+        stats.extend(keys.iter().filter_map(|key| {
+            let complete = !waiting.contains(key);
+            Some(self.streams.get_mut(key)?.finish_flush(complete))
+        }));
+        stats.sort_by_key(|s| s.key);
+        let incomplete = stats.iter().filter(|s| s.error.is_some()).count();
         log::info!(
             "flushed {} stream(s) in {:.1} ms: {} events, {} discarded, {} bytes{}",
             stats.len(),
@@ -384,10 +473,10 @@ impl Service {
             stats.iter().map(|s| s.events).sum::<u64>(),
             stats.iter().map(|s| s.discarded).sum::<u64>(),
             stats.iter().map(|s| s.bytes).sum::<u64>(),
-            if waiting.is_empty() {
+            if waiting.is_empty() && incomplete == 0 {
                 String::new()
             } else {
-                format!("; {} incomplete", waiting.len())
+                format!("; {} with an error", incomplete.max(waiting.len()))
             }
         );
         stats
@@ -395,9 +484,9 @@ impl Service {
 
     /// Flushes a session's streams, then closes their files and unmaps their buffers.
     fn remove_session(&mut self, session: u64) -> Vec<StreamStats> {
-        let stats = self.flush(|s| s.session() == session);
+        let stats = self.flush(Some(session), true);
         for s in &stats {
-            if self.streams.remove(&s.key).is_some() {
+            if self.streams.remove(&s.key).is_some() || self.kernel.remove(&s.key).is_some() {
                 log::info!("stream {} removed: {}", s.key.0, s.path.display());
             }
         }
@@ -406,8 +495,9 @@ impl Service {
 
     /// Flushes every stream (the consumer is exiting).
     fn shutdown(&mut self) {
-        self.flush(|_| true);
+        self.flush(None, true);
         self.streams.clear();
+        self.kernel.clear();
     }
 
     /// Ends on a control failure: a disconnect is the session daemon exiting; anything else
@@ -422,6 +512,24 @@ impl Service {
         self.shutdown();
         Err(MainError::Control(e))
     }
+}
+
+/// What an existing stream file held, for the log line of a new stream.
+fn recovered_text(recovered: &crate::output::Recovered) -> String {
+    let mut existing = String::new();
+    if recovered.packets > 0 || recovered.truncated > 0 {
+        existing = format!(
+            "; the file already held {} packets ({} bytes)",
+            recovered.packets, recovered.bytes
+        );
+        if recovered.truncated > 0 {
+            existing += &format!(
+                ", {} bytes of an incomplete packet were cut off its end",
+                recovered.truncated
+            );
+        }
+    }
+    existing
 }
 
 /// An error and its sources, joined with ": ".

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // the tests and the benchmark each use a different part
 
+pub(crate) mod kernel;
+
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
