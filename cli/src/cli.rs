@@ -3,6 +3,7 @@
 //! Parsing only checks shapes (a size is a size, a log level is a level); what the
 //! arguments mean is decided in [`crate::app`].
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -28,6 +29,10 @@ A typical run:
   drtrace stop
   drtrace destroy
 
+Or, all of it around one command:
+  drtrace record -- ./myapp
+  drtrace view ~/drtrace-traces/NAME
+
 Environment:
   DRTRACE_SESSIOND_SOCKET  the daemon's socket (default /tmp/ltt-sessiond-$USER)
   DRTRACE_HOME             where traces go (default ~/drtrace-traces)
@@ -35,13 +40,14 @@ Environment:
                            then on PATH)
 
 Exit status: 0 on success, 1 on failure, 2 on a usage error, 3 for `daemon status` when no
-daemon runs.";
+daemon runs. `record` exits with its command's status (see `drtrace record --help`).";
 
 /// The `drtrace` command line.
 #[derive(Debug, Parser)]
 #[command(name = "drtrace", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
-    /// Print the result as one JSON document, {"type": ..., "data": ...}, on stdout.
+    /// Print the result as one JSON document, {"type": ..., "data": ...}, on stdout (view:
+    /// one JSON object per event and line).
     #[arg(long, global = true)]
     pub json: bool,
     /// What to do.
@@ -68,8 +74,14 @@ if NAME is taken or if the trace directory already exists.",
         after_help = "Examples:\n  drtrace destroy\n  drtrace destroy demo\n  drtrace destroy --all"
     )]
     Destroy(DestroyArgs),
-    /// List sessions, or show one session's channels and event rules.
-    #[command(after_help = "Examples:\n  drtrace list\n  drtrace list demo\n  drtrace --json list")]
+    /// List sessions, show one session, or list traceable applications (-u).
+    #[command(
+        long_about = "\
+List sessions (`*` marks the current one), show one session's channels and event rules, or,
+with -u, list the applications registered with the daemon right now: their pid, uid and
+process name, and every event they declare with its level and fields.",
+        after_help = "Examples:\n  drtrace list\n  drtrace list demo\n  drtrace list -u\n  drtrace --json list"
+    )]
     List(ListArgs),
     /// Show the daemon and the current session.
     Status,
@@ -118,10 +130,65 @@ Each pattern must be given exactly as it was enabled. -a disables every rule of 
         after_help = "Examples:\n  drtrace disable-event -u 'myapp:*'\n  drtrace disable-event -u -a -c big"
     )]
     DisableEvent(DisableEventArgs),
+    /// Trace one command: create a session, start it, run the command, stop, destroy.
+    #[command(
+        long_about = RECORD_ABOUT,
+        after_help = "Examples:\n  drtrace record -- ./myapp --port 8080\n  drtrace record --name run1 -e 'myapp:*' -e 'http:request' -- ./myapp\n  drtrace record --loglevel warning --subbuf-size 4M -- ./myapp\n  drtrace --json record -- ./myapp > result.json"
+    )]
+    Record(RecordArgs),
+    /// Print a trace's events as text (or JSON lines), read by drtrace's own CTF reader.
+    #[command(
+        long_about = VIEW_ABOUT,
+        after_help = "Examples:\n  drtrace view ~/drtrace-traces/demo\n  drtrace view demo\n  drtrace view --limit 20\n  drtrace view --json demo | jq .fields"
+    )]
+    View(ViewArgs),
     /// Inspect or stop the session daemon (these never start one).
     #[command(subcommand)]
     Daemon(DaemonCommand),
 }
+
+const RECORD_ABOUT: &str = "\
+Trace one command from start to end.
+
+drtrace record creates a session (named NAME, else <username>.<uuid>; written to DIR, else to
+$DRTRACE_HOME/NAME or ~/drtrace-traces/NAME), enables the channel options given and the
+events matching each -e pattern (every event by default), starts tracing, runs COMMAND with
+drtrace's environment, standard input, output and error, waits for it, then stops and
+destroys the session and prints a summary on standard error:
+
+  drtrace: 1000 events recorded, 0 discarded, trace in ~/drtrace-traces/NAME; myapp exited with status 0
+
+With --json the summary is a {\"type\": \"record\", ...} document on standard output, after
+COMMAND's own output.
+
+While COMMAND runs, drtrace does not die of SIGINT, SIGTERM, SIGHUP or SIGQUIT: a signal
+sent to drtrace by another process is passed on to COMMAND, and one from the terminal
+(Ctrl-C) already reaches COMMAND, which shares drtrace's process group. Either way the
+session is still stopped, destroyed and summarised once COMMAND has ended.
+
+Exit status: COMMAND's exit status, or 128 + N if a signal N killed it; 127 if COMMAND was
+not found and 126 if it could not be run (the session is destroyed, nothing is left
+behind); 128 + N if signal N arrived before COMMAND started; 1 if tracing itself failed (no
+daemon, a refused request); 2 on a usage error.";
+
+const VIEW_ABOUT: &str = "\
+Print the events of a trace, one line each, in time order.
+
+TRACE is a trace directory (a session's directory, or any directory holding CTF 1.8
+metadata and streams), or the name of a session of your daemon (its trace directory is
+used); without TRACE, the current session's. Traces are read with drtrace's own CTF reader
+and streamed: memory stays small whatever their size. Lines look like babeltrace2's, with
+times in UTC:
+
+  [14:02:11.123456789] (+0.000001024) myhost myapp:request: { cpu_id = 3 }, { id = 7 }
+
+Events the tracer lost (buffers full) and missing packets are reported on standard error
+after the events. With --json each event is one JSON object per line:
+  {\"timestamp_ns\": 1700000000000000000, \"name\": \"myapp:request\", \"channel\": \"channel0\",
+   \"cpu\": 3, \"fields\": {\"id\": 7}}
+
+This command never starts the daemon. Exit status: 0, or 1 if the trace cannot be read (the
+events before the problem are printed), 2 on a usage error.";
 
 /// `drtrace daemon ...`
 #[derive(Debug, Subcommand)]
@@ -157,6 +224,12 @@ pub struct DestroyArgs {
 /// Arguments of `list`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// List the registered applications and their events instead of sessions.
+    #[arg(short = 'u', long = "userspace", conflicts_with = "name")]
+    pub userspace: bool,
+    /// Kernel events (not available yet).
+    #[arg(short = 'k', long = "kernel", conflicts_with_all = ["name", "userspace"])]
+    pub kernel: bool,
     /// Show this session in detail.
     pub name: Option<String>,
 }
@@ -275,6 +348,83 @@ pub struct EnableEventArgs {
     /// Event name patterns (provider:event, `*` wildcards).
     #[arg(value_name = "NAME", required_unless_present = "all", value_parser = parse_pattern)]
     pub names: Vec<String>,
+}
+
+/// Channel options shared by `enable-channel` and `record`.
+#[derive(Debug, Args)]
+pub struct ChannelOpts {
+    /// Bytes per sub-buffer, a power of two of at least 4096 (4096, 64k, 1M) [default: 1M].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub subbuf_size: Option<u32>,
+    /// Sub-buffers per CPU, at least 2 [default: 4].
+    #[arg(long, value_name = "NUM")]
+    pub num_subbuf: Option<u32>,
+    /// When full, overwrite the oldest sub-buffer (flight recorder).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// One set of buffers per process.
+    #[arg(long)]
+    pub buffers_pid: bool,
+    /// Flush partly filled sub-buffers every MS milliseconds; 0 = never [default: 0].
+    #[arg(long, value_name = "MS")]
+    pub switch_timer: Option<u32>,
+}
+
+impl ChannelOpts {
+    /// True if any option was given.
+    pub fn any(&self) -> bool {
+        self.subbuf_size.is_some()
+            || self.num_subbuf.is_some()
+            || self.overwrite
+            || self.buffers_pid
+            || self.switch_timer.is_some()
+    }
+}
+
+/// Arguments of `record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Session name (default: `<username>.<uuid>`).
+    #[arg(
+        long,
+        value_name = "NAME",
+        help = "Session name (default: <username>.<uuid>)"
+    )]
+    pub name: Option<String>,
+    /// Write the trace to exactly this directory, which must not exist yet.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Record events matching PATTERN (provider:event, `*` wildcards); repeatable [default: *].
+    #[arg(short, long = "event", value_name = "PATTERN", value_parser = parse_pattern)]
+    pub events: Vec<String>,
+    /// Record events at LEVEL or more severe.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level, conflicts_with = "loglevel_only")]
+    pub loglevel: Option<LogLevel>,
+    /// Record events exactly at LEVEL.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
+    pub loglevel_only: Option<LogLevel>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub channel: ChannelOpts,
+    /// The command to trace and its arguments (after `--`).
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// Arguments of `view`.
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// A trace directory, or a session name (default: the current session).
+    #[arg(value_name = "TRACE")]
+    pub target: Option<OsString>,
+    /// Print at most N events.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
 }
 
 /// Arguments of `disable-event`.

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use drtrace_proto::client::{ConnectError, Connection, UnexpectedMessage};
 use drtrace_proto::control::{
-    ChannelConfig, ControlReply, ControlRequest, CreateSession, DaemonStatus, Domain, EventRule,
-    SessionInfo, SessionTarget,
+    AppInfo, ChannelConfig, ControlReply, ControlRequest, CreateSession, DaemonStatus, Domain,
+    EventRule, SessionInfo, SessionTarget,
 };
 use drtrace_proto::hello::DaemonInfo;
 use drtrace_proto::paths::{UserInfo, sessiond_socket};
@@ -340,6 +340,14 @@ impl Client {
         )
     }
 
+    /// The applications registered with the daemon now, and their events.
+    pub fn list_apps(&self) -> Result<Vec<AppInfo>, ClientError> {
+        match self.call(&ControlRequest::ListApps, self.opts.request_timeout)? {
+            ControlReply::Apps(apps) => Ok(apps),
+            reply => Err(unexpected("apps", &reply)),
+        }
+    }
+
     /// Asks the daemon to exit and waits until it has: its acknowledgement, then the end of
     /// the connection, then its socket gone. Returns who it was.
     pub fn stop_daemon(self) -> Result<DaemonInfo, ClientError> {
@@ -471,6 +479,33 @@ mod tests {
         assert_eq!(info.pid, std::process::id());
         assert!(!path.exists());
         remover.join().unwrap();
+    }
+
+    #[test]
+    fn list_apps_returns_the_daemons_apps() {
+        use drtrace_proto::event::{EventDescription, LogLevel};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let app = AppInfo {
+            pid: 42,
+            uid: 1000,
+            procname: "app".into(),
+            events: vec![EventDescription {
+                provider: "p".into(),
+                name: "e".into(),
+                loglevel: LogLevel::Info,
+                fields: vec![],
+            }],
+        };
+        let daemon = fake_daemon(
+            &path,
+            vec![ControlReply::Apps(vec![app.clone()]), ControlReply::Ok],
+        );
+        let client = Client::connect(&opts(&path)).unwrap();
+        assert_eq!(client.list_apps().unwrap(), [app]);
+        let err = client.list_apps().unwrap_err();
+        assert!(matches!(err, ClientError::UnexpectedMessage(_)), "{err}");
+        daemon.join().unwrap();
     }
 
     #[test]

@@ -63,6 +63,8 @@ fn help_and_version_need_no_daemon() {
         "disable-channel",
         "enable-event",
         "disable-event",
+        "record",
+        "view",
         "daemon",
     ] {
         let out = env.drtrace([cmd, "--help"]).success();

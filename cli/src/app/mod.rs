@@ -2,21 +2,28 @@
 //! prints the result, for people or (with `--json`) as one `{"type", "data"}` document.
 //!
 //! Errors become one line, `error: <message>`, and an exit status ([`AppError::exit_code`]):
-//! 1 for failures, 2 for usage errors. `daemon status` exits 3 when no daemon runs.
+//! 1 for failures, 2 for usage errors. `daemon status` exits 3 when no daemon runs, and
+//! `record` exits with its command's status ([`Outcome::Exited`]), 126 or 127 when the
+//! command cannot be run.
 
+mod child;
 mod output;
+mod record;
+mod view;
 
 use std::error::Error;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
+use drtrace_ctf::reader::ReadError;
 use drtrace_proto::ErrorCode;
 use drtrace_proto::control::{
     BufferMode, BufferOwnership, ChannelConfig, CreateSession, DEFAULT_CHANNEL, Domain, EventRule,
     LogLevelFilter, OutputLocation, SessionTarget,
 };
 use drtrace_proto::paths::{UserInfo, trace_home};
+use nix::sys::signal::Signal;
 use thiserror::Error;
 
 use crate::cli::{Cli, Command, DaemonCommand, DomainArgs};
@@ -27,6 +34,7 @@ use output::Printer;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status of `daemon status` when no daemon runs.
 pub const EXIT_NOT_RUNNING: u8 = 3;
+pub use record::{EXIT_CANNOT_RUN, EXIT_NOT_FOUND};
 
 /// Why a command failed.
 #[derive(Debug, Error)]
@@ -49,6 +57,68 @@ pub enum AppError {
     /// Printing the result failed.
     #[error("cannot write the output: {0}")]
     Output(#[source] io::Error),
+    /// `record` could not block the signals it must survive.
+    #[error("cannot set up signal handling: {0}")]
+    Signals(#[source] nix::Error),
+    /// `record`'s command was not found.
+    #[error("cannot run {program}: command not found")]
+    CommandNotFound {
+        /// The command as given.
+        program: String,
+    },
+    /// `record`'s command was found but could not be started.
+    #[error("cannot run {program}: {source}")]
+    CommandFailed {
+        /// The command as given.
+        program: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for `record`'s command failed.
+    #[error("cannot wait for {program}: {source}")]
+    Wait {
+        /// The command as given.
+        program: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A terminating signal reached `record` before its command started.
+    #[error("interrupted by {signal} before the command started")]
+    Interrupted {
+        /// The signal.
+        signal: Signal,
+    },
+    /// Stopping or destroying `record`'s session failed after its command ended.
+    #[error("cannot {step} session {session} after {ending}")]
+    Finish {
+        /// `stop` or `destroy`.
+        step: &'static str,
+        /// The session.
+        session: String,
+        /// How the command ended (`myapp exited with status 0`).
+        ending: String,
+        /// Why.
+        #[source]
+        source: Box<AppError>,
+    },
+    /// A failure after which the session made for it could not be destroyed.
+    #[error("{}; session {session} could not be destroyed: {cleanup}", error_line(.error.as_ref()))]
+    LeftBehind {
+        /// The failure.
+        error: Box<AppError>,
+        /// The session left behind.
+        session: String,
+        /// Why it could not be destroyed.
+        cleanup: String,
+    },
+    /// A trace could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// `view` found nothing to read.
+    #[error("{0}")]
+    View(String),
 }
 
 impl AppError {
@@ -56,6 +126,12 @@ impl AppError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             AppError::Usage(_) => ExitCode::from(EXIT_USAGE),
+            AppError::CommandNotFound { .. } => ExitCode::from(EXIT_NOT_FOUND),
+            AppError::CommandFailed { .. } => ExitCode::from(EXIT_CANNOT_RUN),
+            AppError::Interrupted { signal } => {
+                ExitCode::from(u8::try_from(128 + *signal as i32).unwrap_or(1))
+            }
+            AppError::LeftBehind { error, .. } => error.exit_code(),
             _ => ExitCode::FAILURE,
         }
     }
@@ -73,6 +149,8 @@ pub enum Outcome {
     Success,
     /// `daemon status` found no daemon.
     DaemonNotRunning,
+    /// `record`'s command ended: its exit status, or 128 + the signal that killed it.
+    Exited(u8),
 }
 
 impl Outcome {
@@ -81,6 +159,7 @@ impl Outcome {
         match self {
             Outcome::Success => ExitCode::SUCCESS,
             Outcome::DaemonNotRunning => ExitCode::from(EXIT_NOT_RUNNING),
+            Outcome::Exited(status) => ExitCode::from(status),
         }
     }
 }
@@ -199,6 +278,17 @@ fn friendly(err: ClientError) -> AppError {
     })
 }
 
+/// Where a new session's trace goes: `dir` (made absolute), else under the trace home.
+fn output_location(dir: Option<&Path>) -> Result<OutputLocation, AppError> {
+    Ok(match dir {
+        Some(dir) => OutputLocation::Dir(absolute(dir)?),
+        None => {
+            let user = UserInfo::current().map_err(ClientError::User)?;
+            OutputLocation::Under(absolute(&trace_home(&user))?)
+        }
+    })
+}
+
 fn connect() -> Result<Client, AppError> {
     let opts = ConnectOptions::from_env()?;
     Ok(Client::connect_or_spawn(&opts)?)
@@ -209,13 +299,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
     let mut p = Printer::new(out, cli.json);
     match &cli.command {
         Command::Create(args) => {
-            let output = match &args.output {
-                Some(dir) => OutputLocation::Dir(absolute(dir)?),
-                None => {
-                    let user = UserInfo::current().map_err(ClientError::User)?;
-                    OutputLocation::Under(absolute(&trace_home(&user))?)
-                }
-            };
+            let output = output_location(args.output.as_deref())?;
             let client = connect()?;
             let info = client
                 .create_session(CreateSession {
@@ -235,6 +319,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
             };
             let list = connect()?.destroy_session(target).map_err(friendly)?;
             p.destroyed(&list)?;
+        }
+        Command::List(args) if args.kernel => return Err(AppError::KernelUnavailable),
+        Command::List(args) if args.userspace => {
+            let mut apps = connect()?.list_apps().map_err(friendly)?;
+            apps.sort_by_key(|a| a.pid);
+            p.apps(&apps)?;
         }
         Command::List(args) => {
             let client = connect()?;
@@ -376,6 +466,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
             let msg = events_message("disabled", &patterns, channel, &info.name);
             p.session_changed(&info, &msg)?;
         }
+        Command::Record(args) => return record::run(args, cli.json, p.into_inner()),
+        Command::View(args) => return view::run(args, cli.json, p.into_inner()),
         Command::Daemon(DaemonCommand::Status) => {
             let opts = ConnectOptions::from_env()?;
             match Client::connect(&opts) {

@@ -1,21 +1,23 @@
 //! Printing results: plain text for people, or one JSON document per command.
 //!
 //! JSON documents are `{"type": T, "data": D}` on one line; `T` names the shape of `D`
-//! (`session`, `sessions`, `destroyed`, `status`, `daemon_status`, `daemon_stopped`), so a
-//! reader dispatches on `type` and skips types it does not know.
+//! (`session`, `sessions`, `destroyed`, `status`, `daemon_status`, `daemon_stopped`, `apps`,
+//! `record`), so a reader dispatches on `type` and skips types it does not know.
 
 use std::io::{self, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use drtrace_proto::control::{
-    BufferMode, BufferOwnership, ChannelInfo, DaemonStatus, LogLevelFilter, SessionInfo,
+    AppInfo, BufferMode, BufferOwnership, ChannelInfo, DaemonStatus, LogLevelFilter, SessionInfo,
     SessionState,
 };
+use drtrace_proto::event::{EventDescription, FieldType};
 use drtrace_proto::hello::DaemonInfo;
 use serde::Serialize;
 
 use super::AppError;
+use super::record::RecordDoc;
 use crate::size::format_size;
 
 #[derive(Serialize)]
@@ -91,9 +93,44 @@ fn channel_line(c: &ChannelInfo) -> String {
     )
 }
 
+/// A field type as `list -u` shows it (the names of `drtrace`'s JSON and of Rust).
+fn type_name(ty: FieldType) -> &'static str {
+    match ty {
+        FieldType::U8 => "u8",
+        FieldType::U16 => "u16",
+        FieldType::U32 => "u32",
+        FieldType::U64 => "u64",
+        FieldType::I8 => "i8",
+        FieldType::I16 => "i16",
+        FieldType::I32 => "i32",
+        FieldType::I64 => "i64",
+        FieldType::F32 => "f32",
+        FieldType::F64 => "f64",
+        FieldType::Bool => "bool",
+        FieldType::String => "string",
+        FieldType::Bytes => "bytes",
+    }
+}
+
+/// `provider:event [level] (field: type, ...)`.
+fn event_line(e: &EventDescription) -> String {
+    let fields = e
+        .fields
+        .iter()
+        .map(|f| format!("{}: {}", f.name, type_name(f.ty)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{} [{}] ({fields})", e.full_name(), e.loglevel)
+}
+
 impl<'a> Printer<'a> {
     pub(super) fn new(out: &'a mut dyn Write, json: bool) -> Self {
         Self { out, json }
+    }
+
+    /// The output, for commands that print more than one document or line by line.
+    pub(super) fn into_inner(self) -> &'a mut dyn Write {
+        self.out
     }
 
     fn doc<T: Serialize>(&mut self, kind: &str, data: T) -> Result<(), AppError> {
@@ -233,6 +270,36 @@ impl<'a> Printer<'a> {
                 self.details(s, "  ")
             }
         }
+    }
+
+    pub(super) fn apps(&mut self, apps: &[AppInfo]) -> Result<(), AppError> {
+        if self.json {
+            return self.doc("apps", apps);
+        }
+        if apps.is_empty() {
+            return self.line(
+                "No registered applications. Applications linked with drtrace register when they start.",
+            );
+        }
+        self.line("Registered applications (userspace):")?;
+        for a in apps {
+            let events = match a.events.len() {
+                1 => "1 event".to_owned(),
+                n => format!("{n} events"),
+            };
+            self.line(&format!(
+                "  pid {} (uid {}): {}, {events}",
+                a.pid, a.uid, a.procname
+            ))?;
+            for e in &a.events {
+                self.line(&format!("    {}", event_line(e)))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn record(&mut self, doc: &RecordDoc<'_>) -> Result<(), AppError> {
+        self.doc("record", doc)
     }
 
     pub(super) fn daemon_status(&mut self, st: &DaemonStatus) -> Result<(), AppError> {

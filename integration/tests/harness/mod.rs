@@ -10,10 +10,16 @@
 //!   timeout; a run that ends unexpectedly panics with the command, cwd, environment,
 //!   stdout, stderr and daemon logs.
 //! - [`TestUser`]: a throwaway Unix user (`useradd`), removed with `userdel -r` on drop.
+//! - [`Running`]: a command started with [`TestCommand::spawn`], for tests that act on it
+//!   while it runs (signal it, watch it register); killed on drop.
+//! - [`babeltrace2`]: the reference CTF reader, required under CI.
+//! - [`demo`]: what `drtrace-demo` emits, and checks of its traces read back as text.
 //!
 //! Daemons started with `--detach` are reparented to the test process, which is made a
 //! child subreaper: so the harness can reap them and knows exactly when they have exited,
 //! and a pid it signals can only be a process it started.
+
+pub(crate) mod demo;
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -45,6 +51,8 @@ pub(crate) struct Bins {
     pub(crate) sessiond: PathBuf,
     /// A raw protocol peer that skips every client-side check.
     pub(crate) peer: PathBuf,
+    /// The demo program: known events in known numbers (see `demo/src/main.rs`).
+    pub(crate) demo: PathBuf,
 }
 
 /// Finds the binaries: beside this test's `deps/` directory (the workspace's target dir),
@@ -72,6 +80,7 @@ pub(crate) fn bins() -> &'static Bins {
             drtrace: find("drtrace"),
             sessiond: find("drtrace-sessiond"),
             peer: PathBuf::from(env!("CARGO_BIN_EXE_drtrace-test-peer")),
+            demo: find("drtrace-demo"),
         }
     })
 }
@@ -407,9 +416,9 @@ impl<'a> TestCommand<'a> {
         s
     }
 
-    /// Runs the command to completion (bounded by the timeout) and returns what it did,
-    /// whatever its status.
-    pub(crate) fn run(self) -> Out {
+    /// Starts the command with its output captured, without waiting for it; see
+    /// [`Running`]. The timeout bounds the whole run, from now.
+    pub(crate) fn spawn(self) -> Running<'a> {
         let desc = self.describe();
         let mut cmd = self.build();
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -427,46 +436,29 @@ impl<'a> TestCommand<'a> {
             });
             rx
         };
-        let out_rx = drain(Box::new(child.stdout.take().unwrap()));
-        let err_rx = drain(Box::new(child.stderr.take().unwrap()));
-        let (tx, rx) = mpsc::channel();
+        let stdout = drain(Box::new(child.stdout.take().unwrap()));
+        let stderr = drain(Box::new(child.stderr.take().unwrap()));
+        let (tx, status) = mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(child.wait());
         });
-        let deadline = start + self.timeout;
-        let status = match rx.recv_timeout(self.timeout) {
-            Ok(status) => status.expect("wait"),
-            Err(_) => {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                let status = rx.recv().ok().and_then(Result::ok);
-                let report = self.env.failure_report(&desc, None, "", "");
-                panic!(
-                    "command did not finish within {:?} (killed; {status:?})\n{report}",
-                    self.timeout
-                );
-            }
-        };
-        let elapsed = start.elapsed();
-        // The pipes end when the command and every process that inherited them are done (a
-        // detached daemon lets go of them once it has reported); a descendant that keeps
-        // them open is a bug worth a failure, not a hang.
-        let collect = |rx: mpsc::Receiver<String>| {
-            rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| "(still open: a descendant kept this pipe)\n".to_owned())
-        };
-        let stdout = collect(out_rx);
-        let stderr = collect(err_rx);
-        self.env.observe();
-        let report = self
-            .env
-            .failure_report(&desc, Some(&status), &stdout, &stderr);
-        Out {
-            status,
+        Running {
+            env: self.env,
+            desc,
+            pid,
+            start,
+            deadline: start + self.timeout,
             stdout,
             stderr,
-            elapsed,
-            report,
+            status,
+            done: false,
         }
+    }
+
+    /// Runs the command to completion (bounded by the timeout) and returns what it did,
+    /// whatever its status.
+    pub(crate) fn run(self) -> Out {
+        self.spawn().finish()
     }
 
     /// Runs and asserts success; returns the result.
@@ -488,6 +480,120 @@ impl<'a> TestCommand<'a> {
     pub(crate) fn fails(self) -> String {
         self.fails_with(1)
     }
+}
+
+/// A command started with [`TestCommand::spawn`]: its pid is known while it runs. Dropping
+/// it before [`Running::finish`] kills it.
+#[derive(Debug)]
+pub(crate) struct Running<'a> {
+    env: &'a TestEnv,
+    desc: String,
+    pid: i32,
+    start: Instant,
+    deadline: Instant,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    status: mpsc::Receiver<std::io::Result<ExitStatus>>,
+    done: bool,
+}
+
+impl Running<'_> {
+    /// The process id.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits for the command to end (the test fails if it outlives its timeout) and returns
+    /// what it did, whatever its status.
+    pub(crate) fn finish(mut self) -> Out {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let status = match self.status.recv_timeout(left) {
+            Ok(status) => status.expect("wait"),
+            Err(_) => {
+                let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+                let status = self.status.recv().ok().and_then(Result::ok);
+                self.done = true;
+                let report = self.env.failure_report(&self.desc, None, "", "");
+                panic!(
+                    "command did not finish within {:?} (killed; {status:?})\n{report}",
+                    self.deadline - self.start
+                );
+            }
+        };
+        self.done = true;
+        let elapsed = self.start.elapsed();
+        // The pipes end when the command and every process that inherited them are done (a
+        // detached daemon lets go of them once it has reported); a descendant that keeps
+        // them open is a bug worth a failure, not a hang.
+        let deadline = self.deadline;
+        let collect = |rx: &mpsc::Receiver<String>| {
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| "(still open: a descendant kept this pipe)\n".to_owned())
+        };
+        let stdout = collect(&self.stdout);
+        let stderr = collect(&self.stderr);
+        self.env.observe();
+        let report = self
+            .env
+            .failure_report(&self.desc, Some(&status), &stdout, &stderr);
+        Out {
+            status,
+            stdout,
+            stderr,
+            elapsed,
+            report,
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Still our child until its status is collected, so the pid is its own.
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let _ = self.status.recv_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Evaluates `check` until it returns `Some`, at most `timeout`, pausing briefly between
+/// tries; panics with `what` if it never does. For states only observable by asking (a
+/// daemon's list of applications), where there is nothing to block on.
+pub(crate) fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The babeltrace2 binary, or `None` with the reason printed. Under CI a missing
+/// babeltrace2 is a failure: the agreement tests must run there.
+pub(crate) fn babeltrace2() -> Option<PathBuf> {
+    let found = which("babeltrace2").or_else(|| {
+        let p = PathBuf::from("/usr/bin/babeltrace2");
+        p.is_file().then_some(p)
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "babeltrace2 was not found: apt-get install babeltrace2 (needed to check traces under CI)"
+        );
+        eprintln!(
+            "skipping the babeltrace2 checks: babeltrace2 was not found (apt-get install babeltrace2)"
+        );
+    }
+    found
 }
 
 /// What a detached daemon start reported.
@@ -582,6 +688,14 @@ impl TestEnv {
         args: I,
     ) -> TestCommand<'_> {
         TestCommand::new(self, &bins().sessiond).args(args)
+    }
+
+    /// `drtrace-demo ARGS`, with this environment (so it registers with this test's daemon).
+    pub(crate) fn demo<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(
+        &self,
+        args: I,
+    ) -> TestCommand<'_> {
+        TestCommand::new(self, &bins().demo).args(args)
     }
 
     /// Any program, with this environment.
