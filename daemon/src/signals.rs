@@ -3,7 +3,9 @@
 //! The signals are blocked in the calling thread before any other thread exists, so every
 //! thread inherits the mask and the signals queue on the descriptor instead of killing the
 //! process; the event loop reads them like any other input and shuts down cleanly, removing
-//! its socket. Child processes start with an empty mask (std's `Command` resets it).
+//! its socket. Child processes inherit the mask (std's `Command` does not reset it): a child
+//! that must react to these signals unblocks them or, like the consumer daemon, reads them
+//! from its own signalfd.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
