@@ -328,6 +328,8 @@ pub(crate) struct CpuStream {
     /// Poll said readable and a burst found nothing: out of the poll set until the tick.
     backoff: bool,
     spurious_wakeups: u64,
+    /// Bursts that read pages (for the log).
+    bursts: u64,
     stats_error_logged: bool,
     reported: Reported,
     flushing: Option<FlushProgress>,
@@ -424,6 +426,7 @@ impl CpuStream {
             unreported: Vec::new(),
             backoff: false,
             spurious_wakeups: 0,
+            bursts: 0,
             stats_error_logged: false,
             reported: Reported::default(),
             flushing: None,
@@ -510,6 +513,7 @@ impl CpuStream {
             }
             return Drained::Idle;
         }
+        self.bursts += 1;
         self.refresh_stats();
         self.close_packet(events);
         if !self.write_pending() {
@@ -909,13 +913,16 @@ impl CpuStream {
             error: (!problems.is_empty()).then(|| problems.join("; ")),
         };
         log::info!(
-            "kernel stream {} flushed ({}): {} packets, {} events, {} discarded, {} bytes{}",
+            "kernel stream {} flushed ({}): {} packets, {} events, {} discarded, {} bytes; {} reads, {} bursts, {} spurious wake-up(s){}",
             stats.key.0,
             stats.path.display(),
             stats.packets,
             stats.events,
             stats.discarded,
             stats.bytes,
+            self.reader.stats().calls,
+            self.bursts,
+            self.spurious_wakeups,
             stats
                 .error
                 .as_ref()
