@@ -20,7 +20,8 @@
 //! with `cc` that hands it a scratch file for those, and says so.
 //!
 //! Run: `cargo bench -p drtrace-consumerd --bench kernel` (`KERNEL_RUNS` overrides the 5
-//! runs; `KERNEL_WORKLOAD` the `perf bench sched messaging` arguments).
+//! runs; `KERNEL_WORKLOAD` the `perf bench sched messaging` arguments;
+//! `KERNEL_CONSUMER_NICE=N` runs the consumer with `--nice N`; `KERNEL_SKIP_TRACE_CMD=1` skips trace-cmd).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -103,7 +104,13 @@ fn drtrace_run(fs: &Tracefs, run: u32, dir: &Path) -> Run {
     let id = 100 + u64::from(run);
     let trace_uuid =
         write_kernel_metadata(&session, Uuid::from_u128(id.into()), &catalog(&formats));
-    let mut c = Consumerd::spawn_with(&dir.join(format!("consumerd{run}.log")), &[]);
+    // `--nice`: the priority the broker gives its root consumer, for comparison.
+    let nice = std::env::var("KERNEL_CONSUMER_NICE").ok();
+    let args: Vec<&str> = match &nice {
+        Some(n) => vec!["--nice", n],
+        None => vec![],
+    };
+    let mut c = Consumerd::spawn_with(&dir.join(format!("consumerd{run}.log")), &args);
     let cpus = inst.cpus().unwrap();
     for &cpu in &cpus {
         let setup = kernel_setup(&session, id, trace_uuid, cpu, &header_page, &formats);
@@ -408,6 +415,9 @@ fn main() {
         median_spread(all.iter().map(|r| r.lost as f64).collect()),
         median_spread(all.iter().map(|r| r.bytes as f64).collect()),
     );
+    if std::env::var_os("KERNEL_SKIP_TRACE_CMD").is_some() {
+        return;
+    }
     // trace-cmd as it is, then (if it dies here) with the shim; with its default
     // compression of trace.dat and without.
     let mut shim = None;

@@ -28,6 +28,13 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_READ_TIMER.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     read_timer_ms: u64,
+    /// Nice value to run at, from -20 to 19 (default: inherited). The broker runs its root
+    /// consumer at -10: a kernel CPU buffer is read when it is half full, and on a saturated
+    /// machine a consumer at the default priority was sometimes woken too late to read it
+    /// before it filled (`benches/kernel.rs`).
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: Option<i32>,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +55,9 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     abort_on_panic();
+    if let Some(nice) = args.nice {
+        set_nice(nice);
+    }
     let config = Config {
         read_timer: Duration::from_millis(args.read_timer_ms),
         ..Config::default()
@@ -55,6 +65,23 @@ fn main() -> ExitCode {
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// Sets the process's nice value; a failure (lowering it needs CAP_SYS_NICE) is logged and
+/// the consumer goes on at the priority it has.
+fn set_nice(nice: i32) {
+    // SAFETY: setpriority(2) takes three integers and reads or writes no memory of this
+    // process. JUSTIFICATION: neither std nor the workspace's dependencies wrap it safely.
+    #[allow(unsafe_code)]
+    let rc = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        log::info!("running at nice {nice}");
+    } else {
+        log::warn!(
+            "cannot set the nice value to {nice}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

@@ -473,10 +473,10 @@ impl Service {
             stats.iter().map(|s| s.events).sum::<u64>(),
             stats.iter().map(|s| s.discarded).sum::<u64>(),
             stats.iter().map(|s| s.bytes).sum::<u64>(),
-            if waiting.is_empty() && incomplete == 0 {
+            if incomplete == 0 {
                 String::new()
             } else {
-                format!("; {} with an error", incomplete.max(waiting.len()))
+                format!("; {incomplete} with an error")
             }
         );
         stats
