@@ -237,7 +237,9 @@ pub(crate) async fn destroy(d: &Rc<Daemon>, name: &str) -> Result<SessionInfo, W
     }
     let had_recording = d.recordings.borrow_mut().remove(&session_id).is_some();
     if had_recording {
-        let stats = flush(d, session_id, true).await;
+        let mut stats = flush(d, session_id, true).await;
+        // The kernel streams' final counts (or their loss) belong in the final stats too.
+        merge_kernel(&mut stats, kernel);
         if let Ok(s) = d.registry.borrow_mut().get_mut(name) {
             // Keep the stop's counts if the last flush found nothing new.
             if s.stats.is_none() || stats.streams > 0 {
