@@ -9,7 +9,7 @@ use drtrace_proto::control::{
 use drtrace_proto::creds::PeerCred;
 use drtrace_proto::error::{ErrorCode, WireError};
 
-use crate::server::Daemon;
+use crate::server::{AccessPolicy, Daemon};
 
 fn session_reply(result: Result<SessionInfo, WireError>) -> ControlReply {
     match result {
@@ -48,6 +48,16 @@ pub(crate) async fn handle(
     request: ControlRequest,
 ) -> ControlReply {
     match request {
+        // The broker serves every user: stopping it ends everyone's system-wide sessions and
+        // kernel sub-sessions, which is for root alone, not for the tracing group.
+        ControlRequest::StopDaemon
+            if matches!(daemon.access, AccessPolicy::Broker { .. }) && cred.uid != 0 =>
+        {
+            ControlReply::Error(WireError::new(
+                ErrorCode::PermissionDenied,
+                "only root may stop the broker: it serves every user's sessions",
+            ))
+        }
         ControlRequest::CreateSession(mut req) => {
             // System-wide traces of non-root clients stay in the daemon's own directory:
             // the broker never writes as root where a user chose.

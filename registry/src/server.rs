@@ -478,6 +478,8 @@ async fn control_loop(daemon: &Rc<Daemon>, mut conn: Conn) {
         log::debug!("pid {}: {request:?}", conn.cred.pid);
         let stop = request == ControlRequest::StopDaemon;
         let reply = control::handle(daemon, &conn.cred, request).await;
+        // A refused stop request stops nothing.
+        let stop = stop && reply == ControlReply::Ok;
         if conn.send(&reply, &[]).await.is_err() {
             return;
         }
