@@ -126,11 +126,27 @@ impl BrokerLink {
         fds: &[std::os::fd::BorrowedFd<'_>],
         timeout: Duration,
     ) -> Result<(KernelReply, u64), WireError> {
+        self.call_in(None, request, fds, timeout).await
+    }
+
+    /// [`Self::call`] for a request naming a sub-session of connection `generation`: if that
+    /// connection is gone (even if a new one is made here), the sub-session went with it, and
+    /// its id must not reach the broker on another connection.
+    async fn call_in(
+        &self,
+        generation: Option<u64>,
+        request: KernelRequest,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<(KernelReply, u64), WireError> {
         let mut slot = self.link.lock().await;
         self.connect(&mut slot).await?;
         let Some(link) = slot.as_mut() else {
             return Err(lost());
         };
+        if generation.is_some_and(|g| g != link.generation) {
+            return Err(lost());
+        }
         let generation = link.generation;
         let result = async {
             link.conn.send(&request, fds).await?;
@@ -154,16 +170,27 @@ impl BrokerLink {
         }
     }
 
-    /// The broker's id for our `id`, if its connection is still the current one.
-    fn broker_id(&self, id: u64) -> Result<u64, WireError> {
+    /// The broker's id for our `id` and the generation of its connection, if that
+    /// connection is still the current one.
+    fn broker_id(&self, id: u64) -> Result<(u64, u64), WireError> {
         match self.ids.borrow().get(&id) {
-            Some((generation, bid)) if *generation == self.generation.get() => Ok(*bid),
+            Some((generation, bid)) if *generation == self.generation.get() => {
+                Ok((*generation, *bid))
+            }
             _ => Err(lost()),
         }
     }
 
-    async fn stats_call(&self, request: KernelRequest) -> Result<Vec<StreamStats>, WireError> {
-        match self.call(request, &[], FLUSH_TIMEOUT).await?.0 {
+    async fn stats_call(
+        &self,
+        generation: u64,
+        request: KernelRequest,
+    ) -> Result<Vec<StreamStats>, WireError> {
+        match self
+            .call_in(Some(generation), request, &[], FLUSH_TIMEOUT)
+            .await?
+            .0
+        {
             KernelReply::Stopped(stats) => Ok(stats),
             other => Err(unexpected("stopped", &other)),
         }
@@ -217,9 +244,14 @@ impl KernelBackend for BrokerLink {
 
     fn start(self: Rc<Self>, _ctx: Ctx, id: u64) -> BoxFuture<Result<(), WireError>> {
         boxed(async move {
-            let bid = self.broker_id(id)?;
+            let (generation, bid) = self.broker_id(id)?;
             match self
-                .call(KernelRequest::Start { id: bid }, &[], FLUSH_TIMEOUT)
+                .call_in(
+                    Some(generation),
+                    KernelRequest::Start { id: bid },
+                    &[],
+                    FLUSH_TIMEOUT,
+                )
                 .await?
                 .0
             {
@@ -231,8 +263,9 @@ impl KernelBackend for BrokerLink {
 
     fn stop(self: Rc<Self>, _ctx: Ctx, id: u64) -> BoxFuture<Result<Vec<StreamStats>, WireError>> {
         boxed(async move {
-            let bid = self.broker_id(id)?;
-            self.stats_call(KernelRequest::Stop { id: bid }).await
+            let (generation, bid) = self.broker_id(id)?;
+            self.stats_call(generation, KernelRequest::Stop { id: bid })
+                .await
         })
     }
 
@@ -242,9 +275,11 @@ impl KernelBackend for BrokerLink {
         id: u64,
     ) -> BoxFuture<Result<Vec<StreamStats>, WireError>> {
         boxed(async move {
-            let bid = self.broker_id(id);
+            let known = self.broker_id(id);
             self.ids.borrow_mut().remove(&id);
-            self.stats_call(KernelRequest::Destroy { id: bid? }).await
+            let (generation, bid) = known?;
+            self.stats_call(generation, KernelRequest::Destroy { id: bid })
+                .await
         })
     }
 
