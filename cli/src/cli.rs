@@ -33,10 +33,25 @@ Or, all of it around one command:
   drtrace record -- ./myapp
   drtrace view ~/drtrace-traces/NAME
 
+Kernel events (-k) and system-wide sessions (--system, recording the applications of every
+user) go through the root broker, drtrace-broker: they are allowed to root and to members of
+the group `tracing`. A session of your own can hold kernel events beside your applications':
+  drtrace create demo
+  drtrace enable-event -k sched_switch
+  drtrace enable-event -u -a
+  drtrace start
+With --system every command talks to the broker instead of your daemon:
+  drtrace --system create everyone
+  drtrace --system enable-event -u -a
+  drtrace --system start
+
 Environment:
   DRTRACE_SESSIOND_SOCKET  the daemon's socket (default /tmp/ltt-sessiond-$USER)
   DRTRACE_HOME             where traces go (default ~/drtrace-traces)
   DRTRACE_SESSIOND_PATH    the drtrace-sessiond binary to start (default: beside drtrace,
+                           then on PATH)
+  DRTRACE_BROKER_DIR       the broker's directory (default /run/drtrace)
+  DRTRACE_BROKER_PATH      the drtrace-broker binary root starts (default: beside drtrace,
                            then on PATH)
 
 Exit status: 0 on success, 1 on failure, 2 on a usage error, 3 for `daemon status` when no
@@ -50,6 +65,10 @@ pub struct Cli {
     /// one JSON object per event and line).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Talk to the root broker (system-wide sessions, kernel tracing) instead of your own
+    /// session daemon; needs root or membership in the tracing group.
+    #[arg(long, global = true)]
+    pub system: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -74,13 +93,14 @@ if NAME is taken or if the trace directory already exists.",
         after_help = "Examples:\n  drtrace destroy\n  drtrace destroy demo\n  drtrace destroy --all"
     )]
     Destroy(DestroyArgs),
-    /// List sessions, show one session, or list traceable applications (-u).
+    /// List sessions, show one session, or list traceable applications (-u) or kernel events (-k).
     #[command(
         long_about = "\
 List sessions (`*` marks the current one), show one session's channels and event rules, or,
 with -u, list the applications registered with the daemon right now: their pid, uid and
-process name, and every event they declare with its level and fields.",
-        after_help = "Examples:\n  drtrace list\n  drtrace list demo\n  drtrace list -u\n  drtrace --json list"
+process name, and every event they declare with its level and fields. With -k, list the
+kernel events available for tracing, as sys:event (needs root or the tracing group).",
+        after_help = "Examples:\n  drtrace list\n  drtrace list demo\n  drtrace list -u\n  drtrace list -k\n  drtrace --system list -u\n  drtrace --json list"
     )]
     List(ListArgs),
     /// Show the daemon and the current session.
@@ -101,12 +121,18 @@ Create a channel, or re-enable a disabled one.
 
 A channel is a set of per-CPU ring buffers of NUM sub-buffers of SIZE bytes each. Defaults:
 --subbuf-size 1M, --num-subbuf 4, --discard, --buffers-uid, --switch-timer 0 (off). Event
-rules enabled without -c go to the channel channel0, created with the defaults if absent.",
-        after_help = "Examples:\n  drtrace enable-channel -u big --subbuf-size 4M --num-subbuf 8\n  drtrace enable-channel -u flight --overwrite --buffers-pid --switch-timer 100"
+rules enabled without -c go to the channel channel0, created with the defaults if absent.
+
+A session has at most one kernel channel (-k): its per-CPU kernel buffers hold
+SIZE x NUM bytes each; --buffers-pid/--buffers-uid and --switch-timer apply to userspace
+channels only.",
+        after_help = "Examples:\n  drtrace enable-channel -u big --subbuf-size 4M --num-subbuf 8\n  drtrace enable-channel -u flight --overwrite --buffers-pid --switch-timer 100\n  drtrace enable-channel -k kchan --subbuf-size 1M --num-subbuf 8"
     )]
     EnableChannel(EnableChannelArgs),
     /// Disable a channel: its events stop being recorded.
-    #[command(after_help = "Example:\n  drtrace disable-channel -u big")]
+    #[command(
+        after_help = "Examples:\n  drtrace disable-channel -u big\n  drtrace disable-channel -k channel0"
+    )]
     DisableChannel(DisableChannelArgs),
     /// Record events whose names match patterns (`provider:event`, `*` wildcards).
     #[command(
@@ -116,8 +142,12 @@ Record events whose names match patterns.
 A pattern is provider:event, where * matches any run of characters (`myapp:*`, `*:tick`).
 Rules go to the channel given with -c, else to channel0 (created if absent). --loglevel LEVEL
 records events at LEVEL or more severe; --loglevel-only LEVEL exactly at LEVEL. Levels, most
-severe first: emergency alert critical error warning notice info debug (or 0-7).",
-        after_help = "Examples:\n  drtrace enable-event -u 'myapp:*'\n  drtrace enable-event -u -a\n  drtrace enable-event -u 'myapp:request' --loglevel warning -c big"
+severe first: emergency alert critical error warning notice info debug (or 0-7).
+
+Kernel events (-k) are named as in `drtrace list -k`: `sched_switch`, `sched:sched_switch`,
+`sched:*`, `syscalls:sys_enter_*`, `*`. They are fixed when the session first starts, and
+need root or membership in the tracing group.",
+        after_help = "Examples:\n  drtrace enable-event -u 'myapp:*'\n  drtrace enable-event -u -a\n  drtrace enable-event -u 'myapp:request' --loglevel warning -c big\n  drtrace enable-event -k sched_switch 'syscalls:sys_enter_*'"
     )]
     EnableEvent(EnableEventArgs),
     /// Stop recording events matched by rules enabled earlier.
@@ -127,13 +157,13 @@ Disable event rules.
 
 Each pattern must be given exactly as it was enabled. -a disables every rule of the channel
 (channel0 unless -c is given).",
-        after_help = "Examples:\n  drtrace disable-event -u 'myapp:*'\n  drtrace disable-event -u -a -c big"
+        after_help = "Examples:\n  drtrace disable-event -u 'myapp:*'\n  drtrace disable-event -u -a -c big\n  drtrace disable-event -k sched_switch"
     )]
     DisableEvent(DisableEventArgs),
     /// Trace one command: create a session, start it, run the command, stop, destroy.
     #[command(
         long_about = RECORD_ABOUT,
-        after_help = "Examples:\n  drtrace record -- ./myapp --port 8080\n  drtrace record --name run1 -e 'myapp:*' -e 'http:request' -- ./myapp\n  drtrace record --loglevel warning --subbuf-size 4M -- ./myapp\n  drtrace --json record -- ./myapp > result.json"
+        after_help = "Examples:\n  drtrace record -- ./myapp --port 8080\n  drtrace record --name run1 -e 'myapp:*' -e 'http:request' -- ./myapp\n  drtrace record -k sched_switch -k 'sched:sched_wakeup*' -- ./myapp\n  drtrace record --loglevel warning --subbuf-size 4M -- ./myapp\n  drtrace --json record -- ./myapp > result.json"
     )]
     Record(RecordArgs),
     /// Print a trace's events as text (or JSON lines), read by drtrace's own CTF reader.
@@ -142,7 +172,7 @@ Each pattern must be given exactly as it was enabled. -a disables every rule of 
         after_help = "Examples:\n  drtrace view ~/drtrace-traces/demo\n  drtrace view demo\n  drtrace view --limit 20\n  drtrace view --json demo | jq .fields"
     )]
     View(ViewArgs),
-    /// Inspect or stop the session daemon (these never start one).
+    /// Inspect or stop the session daemon, or with --system the broker (these never start one).
     #[command(subcommand)]
     Daemon(DaemonCommand),
 }
@@ -152,7 +182,8 @@ Trace one command from start to end.
 
 drtrace record creates a session (named NAME, else <username>.<uuid>; written to DIR, else to
 $DRTRACE_HOME/NAME or ~/drtrace-traces/NAME), enables the channel options given and the
-events matching each -e pattern (every event by default), starts tracing, runs COMMAND with
+events matching each -e pattern (every event by default) and the kernel events of each -k
+(none by default; root or the tracing group), starts tracing, runs COMMAND with
 drtrace's environment, standard input, output and error, waits for it, then stops and
 destroys the session and prints a summary on standard error:
 
@@ -227,7 +258,7 @@ pub struct ListArgs {
     /// List the registered applications and their events instead of sessions.
     #[arg(short = 'u', long = "userspace", conflicts_with = "name")]
     pub userspace: bool,
-    /// Kernel events (not available yet).
+    /// List the kernel events available for tracing instead of sessions.
     #[arg(short = 'k', long = "kernel", conflicts_with_all = ["name", "userspace"])]
     pub kernel: bool,
     /// Show this session in detail.
@@ -248,13 +279,13 @@ pub struct SessionNameArg {
     pub name: Option<String>,
 }
 
-/// The tracer domain flags.
+/// The tracer domain flags: exactly one is required.
 #[derive(Debug, Args)]
 pub struct DomainArgs {
-    /// Userspace applications (required: the only domain available).
+    /// Userspace applications.
     #[arg(short = 'u', long = "userspace")]
     pub userspace: bool,
-    /// The kernel (not available yet).
+    /// The kernel (root or the tracing group).
     #[arg(short = 'k', long = "kernel", conflicts_with = "userspace")]
     pub kernel: bool,
 }
@@ -397,6 +428,9 @@ pub struct RecordArgs {
     /// Record events matching PATTERN (provider:event, `*` wildcards); repeatable [default: *].
     #[arg(short, long = "event", value_name = "PATTERN", value_parser = parse_pattern)]
     pub events: Vec<String>,
+    /// Also record the kernel events EVENT names (`sched_switch`, `sched:*`); repeatable.
+    #[arg(short = 'k', long = "kernel-event", value_name = "EVENT", value_parser = parse_pattern)]
+    pub kernel_events: Vec<String>,
     /// Record events at LEVEL or more severe.
     #[arg(long, value_name = "LEVEL", value_parser = parse_level, conflicts_with = "loglevel_only")]
     pub loglevel: Option<LogLevel>,

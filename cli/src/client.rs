@@ -1,5 +1,6 @@
-//! [`Client`]: a greeted connection to the user's session daemon with one typed method per
-//! control request.
+//! [`Client`]: a greeted connection to the user's session daemon (or, with
+//! [`ConnectOptions::for_broker`], to the root broker) with one typed method per control
+//! request.
 //!
 //! Every step is bounded: the hello (and so the liveness check) by [`HELLO_TIMEOUT`], so a
 //! stopped or hung daemon is reported with its pid well within two seconds; ordinary
@@ -7,7 +8,7 @@
 //! destroy, stopping the daemon) by [`FLUSH_TIMEOUT`].
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use drtrace_proto::client::{ConnectError, Connection, UnexpectedMessage};
@@ -16,11 +17,11 @@ use drtrace_proto::control::{
     EventRule, SessionInfo, SessionTarget,
 };
 use drtrace_proto::hello::DaemonInfo;
-use drtrace_proto::paths::{UserInfo, sessiond_socket};
+use drtrace_proto::paths::{UserInfo, broker_socket, sessiond_socket};
 use drtrace_proto::{Role, WireError};
 use thiserror::Error;
 
-use crate::spawn::{self, SpawnError};
+use crate::spawn::{self, DaemonBinary, SpawnError};
 
 /// How long the hello may take: short, so that a hung daemon is reported quickly.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,9 +30,34 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request that flushes buffers may take (stop, destroy, stopping the daemon).
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Which daemon a client talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonKind {
+    /// The user's own session daemon, `drtrace-sessiond`.
+    Sessiond,
+    /// The root broker, `drtrace-broker`: system-wide sessions and kernel tracing.
+    Broker,
+}
+
+impl DaemonKind {
+    /// The daemon's binary name, for messages.
+    pub fn binary_name(self) -> &'static str {
+        self.binary().file_name()
+    }
+
+    fn binary(self) -> DaemonBinary {
+        match self {
+            DaemonKind::Sessiond => DaemonBinary::Sessiond,
+            DaemonKind::Broker => DaemonBinary::Broker,
+        }
+    }
+}
+
 /// Where the daemon is, who it must be, and how long each step may take.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
+    /// Which daemon this is (decides what [`Client::connect_or_spawn`] starts).
+    pub kind: DaemonKind,
     /// The daemon's socket.
     pub socket: PathBuf,
     /// The uid the daemon (and its socket file) must belong to.
@@ -51,6 +77,7 @@ impl ConnectOptions {
     /// `DRTRACE_SESSIOND_SOCKET`), with the default timeouts.
     pub fn for_user(user: &UserInfo) -> Self {
         Self {
+            kind: DaemonKind::Sessiond,
             socket: sessiond_socket(user),
             daemon_uid: user.uid,
             hello_timeout: HELLO_TIMEOUT,
@@ -64,6 +91,20 @@ impl ConnectOptions {
     pub fn from_env() -> Result<Self, ClientError> {
         let user = UserInfo::current().map_err(ClientError::User)?;
         Ok(Self::for_user(&user))
+    }
+
+    /// Options for the root broker, at its socket (honouring `DRTRACE_BROKER_DIR`), with the
+    /// default timeouts. It must run as root.
+    pub fn for_broker() -> Self {
+        Self {
+            kind: DaemonKind::Broker,
+            socket: broker_socket(),
+            daemon_uid: 0,
+            hello_timeout: HELLO_TIMEOUT,
+            request_timeout: REQUEST_TIMEOUT,
+            flush_timeout: FLUSH_TIMEOUT,
+            ready_timeout: spawn::READY_TIMEOUT,
+        }
     }
 }
 
@@ -79,6 +120,17 @@ pub enum ClientError {
     /// The daemon was absent and could not be started.
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    /// The root broker is not running, and only root may start it.
+    #[error(
+        "the root broker is not running (no daemon at {}); kernel tracing and system-wide \
+         sessions need it: an administrator can start it with `systemctl start drtrace-broker` \
+         or `drtrace-broker --detach`",
+        .path.display()
+    )]
+    BrokerNotRunning {
+        /// Its socket.
+        path: PathBuf,
+    },
     /// The daemon refused the request.
     #[error("{0}")]
     Daemon(WireError),
@@ -136,15 +188,35 @@ impl Client {
 
     /// Connects to the daemon, starting it first if none listens (an absent or stale socket).
     ///
-    /// The binary is found by [`spawn::find_sessiond`]; the daemon's start-up report is read
-    /// with a deadline, and the new daemon is pinged before this returns.
+    /// The binary is found by [`spawn::find_daemon`]; the daemon's start-up report is read
+    /// with a deadline, and the new daemon is pinged before this returns. The broker is
+    /// started only when this process runs as root: anyone else gets
+    /// [`ClientError::BrokerNotRunning`], which says how to start it.
     pub fn connect_or_spawn(opts: &ConnectOptions) -> Result<Self, ClientError> {
         match Self::connect(opts) {
             Err(e) if e.is_no_daemon() => {}
             other => return other,
         }
-        let binary = spawn::find_sessiond()?;
-        spawn::start_sessiond(&binary, &opts.socket, opts.ready_timeout)?;
+        let binary = match opts.kind {
+            DaemonKind::Broker if !nix::unistd::geteuid().is_root() => {
+                return Err(ClientError::BrokerNotRunning {
+                    path: opts.socket.clone(),
+                });
+            }
+            kind => spawn::find_daemon(kind.binary())?,
+        };
+        match opts.kind {
+            DaemonKind::Sessiond => {
+                spawn::start_sessiond(&binary, &opts.socket, opts.ready_timeout)?;
+            }
+            DaemonKind::Broker => {
+                let dir = opts
+                    .socket
+                    .parent()
+                    .map_or_else(drtrace_proto::paths::broker_dir, Path::to_owned);
+                spawn::start_broker(&binary, &dir, opts.ready_timeout)?;
+            }
+        }
         let client = Self::connect(opts)?;
         client.ping()?;
         Ok(client)
@@ -348,6 +420,14 @@ impl Client {
         }
     }
 
+    /// The kernel events available for tracing, `sys:event`, sorted.
+    pub fn list_kernel_events(&self) -> Result<Vec<String>, ClientError> {
+        match self.call(&ControlRequest::ListKernelEvents, self.opts.request_timeout)? {
+            ControlReply::KernelEvents(events) => Ok(events),
+            reply => Err(unexpected("kernel_events", &reply)),
+        }
+    }
+
     /// Asks the daemon to exit and waits until it has: its acknowledgement, then the end of
     /// the connection, then its socket gone. Returns who it was.
     pub fn stop_daemon(self) -> Result<DaemonInfo, ClientError> {
@@ -417,6 +497,7 @@ mod tests {
 
     fn opts(path: &Path) -> ConnectOptions {
         ConnectOptions {
+            kind: DaemonKind::Sessiond,
             socket: path.to_owned(),
             daemon_uid: nix::unistd::getuid().as_raw(),
             hello_timeout: T,

@@ -4,11 +4,15 @@
 //! `drtrace-sessiond` (create sessions, enable events, start and stop tracing) without
 //! shelling out to the CLI.
 //!
-//! - [`Client`]: one greeted connection to the user's session daemon, with one typed method
-//!   per [`ControlRequest`](drtrace_proto::control::ControlRequest).
-//!   [`Client::connect_or_spawn`] starts the daemon when none runs.
-//! - [`ConnectOptions`]: which socket, which uid the daemon must run as, and the timeouts.
-//! - [`spawn`]: finding `drtrace-sessiond` and reading its one-line start-up report.
+//! - [`Client`]: one greeted connection to the user's session daemon (or to the root broker,
+//!   for system-wide sessions), with one typed method per
+//!   [`ControlRequest`](drtrace_proto::control::ControlRequest).
+//!   [`Client::connect_or_spawn`] starts the daemon when none runs (the broker only when the
+//!   caller is root).
+//! - [`ConnectOptions`]: which daemon ([`DaemonKind`]), its socket, which uid it must run as,
+//!   and the timeouts.
+//! - [`spawn`]: finding `drtrace-sessiond` or `drtrace-broker` and reading its one-line
+//!   start-up report.
 //! - [`wait`]: waiting for a file to disappear without polling (inotify).
 //! - [`cli`] and [`app`]: the `drtrace` command line (argument definitions and commands).
 //!
@@ -40,5 +44,5 @@ pub mod spawn;
 pub mod wait;
 
 pub use client::{
-    Client, ClientError, ConnectOptions, FLUSH_TIMEOUT, HELLO_TIMEOUT, REQUEST_TIMEOUT,
+    Client, ClientError, ConnectOptions, DaemonKind, FLUSH_TIMEOUT, HELLO_TIMEOUT, REQUEST_TIMEOUT,
 };

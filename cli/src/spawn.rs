@@ -1,9 +1,11 @@
-//! Starting the user's `drtrace-sessiond` when none runs.
+//! Starting the user's `drtrace-sessiond`, or (for root) the `drtrace-broker`, when none
+//! runs.
 //!
-//! The binary is `DRTRACE_SESSIOND_PATH` if set, else `drtrace-sessiond` beside the running
-//! executable, else the first one on `PATH` ([`find_sessiond`]). It is started with
-//! `--detach`: its first process exits at once, and the daemon writes exactly one line to
-//! the standard output it inherited (see [`Readiness`]). That line is read with a deadline
+//! The binary is found the same way for both ([`find_daemon`]): the variable naming it
+//! (`DRTRACE_SESSIOND_PATH`, `DRTRACE_BROKER_PATH`) if set, else the binary beside the
+//! running executable, else the first one on `PATH`. It is started with `--detach`: its
+//! first process exits at once, and the daemon writes exactly one line to the standard
+//! output it inherited (see [`Readiness`]). That line is read with a deadline
 //! ([`read_report`]), so a daemon that dies or hangs during start-up is reported, never
 //! waited for forever, and nothing sleeps.
 
@@ -15,13 +17,53 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use drtrace_proto::paths::{ENV_SESSIOND_PATH, ENV_SESSIOND_SOCKET};
+use drtrace_proto::paths::{ENV_BROKER_DIR, ENV_SESSIOND_PATH, ENV_SESSIOND_SOCKET};
 use drtrace_proto::startup::Readiness;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use thiserror::Error;
 
 /// File name of the session daemon binary.
 pub const SESSIOND_BIN: &str = "drtrace-sessiond";
+/// File name of the root broker binary.
+pub const BROKER_BIN: &str = "drtrace-broker";
+/// Names the broker binary root's CLI spawns. (Its place is `drtrace_proto::paths`, beside
+/// `ENV_SESSIOND_PATH`; it sits here until it moves there.)
+pub const ENV_BROKER_PATH: &str = "DRTRACE_BROKER_PATH";
+
+/// Which daemon to find and start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonBinary {
+    /// The user's `drtrace-sessiond`.
+    Sessiond,
+    /// The root `drtrace-broker`.
+    Broker,
+}
+
+impl DaemonBinary {
+    /// The binary's file name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            DaemonBinary::Sessiond => SESSIOND_BIN,
+            DaemonBinary::Broker => BROKER_BIN,
+        }
+    }
+
+    /// The variable that names the binary to start.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            DaemonBinary::Sessiond => ENV_SESSIOND_PATH,
+            DaemonBinary::Broker => ENV_BROKER_PATH,
+        }
+    }
+
+    /// Where the daemon writes its log when started without `--log-file`.
+    pub fn log_path(self) -> PathBuf {
+        state_dir().join(match self {
+            DaemonBinary::Sessiond => "sessiond.log",
+            DaemonBinary::Broker => "broker.log",
+        })
+    }
+}
 /// How long a spawned daemon may take to report its start-up.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest start-up line accepted; a longer one is cut (it is only shown to the user).
@@ -30,7 +72,8 @@ const MAX_LINE: usize = 4096;
 /// Why the session daemon could not be started.
 #[derive(Debug, Error)]
 pub enum SpawnError {
-    /// `DRTRACE_SESSIOND_PATH` names something that is not an executable file.
+    /// `DRTRACE_SESSIOND_PATH` (or `DRTRACE_BROKER_PATH`) names something that is not an
+    /// executable file.
     #[error("{var} is set to {path}, which is not an executable file")]
     BadOverride {
         /// The variable.
@@ -39,10 +82,12 @@ pub enum SpawnError {
         path: PathBuf,
     },
     /// No binary was found.
-    #[error(
-        "cannot find {SESSIOND_BIN}: it is neither beside {exe} nor on PATH; install it or set {ENV_SESSIOND_PATH}"
-    )]
+    #[error("cannot find {bin}: it is neither beside {exe} nor on PATH; install it or set {var}")]
     NotFound {
+        /// The binary's file name.
+        bin: &'static str,
+        /// The variable that would name it.
+        var: &'static str,
         /// The running executable's directory, as searched.
         exe: String,
     },
@@ -121,22 +166,32 @@ fn is_executable(path: &Path) -> bool {
 /// Finds the session daemon binary: `DRTRACE_SESSIOND_PATH`, else beside the running
 /// executable, else on `PATH`.
 pub fn find_sessiond() -> Result<PathBuf, SpawnError> {
-    if let Some(path) = std::env::var_os(ENV_SESSIOND_PATH).filter(|v| !v.is_empty()) {
+    find_daemon(DaemonBinary::Sessiond)
+}
+
+/// Finds the broker binary: `DRTRACE_BROKER_PATH`, else beside the running executable, else
+/// on `PATH`.
+pub fn find_broker() -> Result<PathBuf, SpawnError> {
+    find_daemon(DaemonBinary::Broker)
+}
+
+/// Finds a daemon binary: the variable naming it, else beside the running executable, else
+/// on `PATH`.
+pub fn find_daemon(which: DaemonBinary) -> Result<PathBuf, SpawnError> {
+    let (bin, var) = (which.file_name(), which.env_var());
+    if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
         let path = PathBuf::from(path);
         return if is_executable(&path) {
             Ok(path)
         } else {
-            Err(SpawnError::BadOverride {
-                var: ENV_SESSIOND_PATH,
-                path,
-            })
+            Err(SpawnError::BadOverride { var, path })
         };
     }
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_owned));
     if let Some(dir) = &exe_dir {
-        let candidate = dir.join(SESSIOND_BIN);
+        let candidate = dir.join(bin);
         if is_executable(&candidate) {
             return Ok(candidate);
         }
@@ -147,13 +202,15 @@ pub fn find_sessiond() -> Result<PathBuf, SpawnError> {
             if dir.as_os_str().is_empty() {
                 continue;
             }
-            let candidate = dir.join(SESSIOND_BIN);
+            let candidate = dir.join(bin);
             if is_executable(&candidate) {
                 return Ok(candidate);
             }
         }
     }
     Err(SpawnError::NotFound {
+        bin,
+        var,
         exe: exe_dir.map_or_else(|| "this program".to_owned(), |d| d.display().to_string()),
     })
 }
@@ -161,6 +218,12 @@ pub fn find_sessiond() -> Result<PathBuf, SpawnError> {
 /// Where `drtrace-sessiond` writes its log: `$XDG_STATE_HOME/drtrace/sessiond.log`, by
 /// default `~/.local/state/drtrace/sessiond.log`.
 pub fn sessiond_log_path() -> PathBuf {
+    DaemonBinary::Sessiond.log_path()
+}
+
+/// The daemons' state directory: `$XDG_STATE_HOME/drtrace`, by default
+/// `~/.local/state/drtrace`.
+fn state_dir() -> PathBuf {
     let state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
@@ -171,7 +234,7 @@ pub fn sessiond_log_path() -> PathBuf {
                 .map(|h| h.join(".local/state"))
         })
         .unwrap_or_else(|| PathBuf::from("~/.local/state"));
-    state.join("drtrace").join("sessiond.log")
+    state.join("drtrace")
 }
 
 /// What a detached start produced.
@@ -273,9 +336,30 @@ pub fn start_sessiond(
     socket: &Path,
     timeout: Duration,
 ) -> Result<Started, SpawnError> {
-    let child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command.env(ENV_SESSIOND_SOCKET, socket);
+    start(command, binary, DaemonBinary::Sessiond, timeout)
+}
+
+/// Starts `binary --detach` (the broker) for the broker directory `dir` and waits (at most
+/// `timeout`) for its report.
+///
+/// The environment is passed through (`DRTRACE_CONSUMERD_PATH`, `XDG_STATE_HOME` and the
+/// rest matter to the broker), with `DRTRACE_BROKER_DIR` set to `dir`.
+pub fn start_broker(binary: &Path, dir: &Path, timeout: Duration) -> Result<Started, SpawnError> {
+    let mut command = Command::new(binary);
+    command.env(ENV_BROKER_DIR, dir);
+    start(command, binary, DaemonBinary::Broker, timeout)
+}
+
+fn start(
+    mut command: Command,
+    binary: &Path,
+    which: DaemonBinary,
+    timeout: Duration,
+) -> Result<Started, SpawnError> {
+    let child = command
         .arg("--detach")
-        .env(ENV_SESSIOND_SOCKET, socket)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -288,22 +372,27 @@ pub fn start_sessiond(
         path: binary.to_owned(),
         source,
     })?;
-    interpret(binary, report, timeout)
+    interpret(binary, which, report, timeout)
 }
 
-fn interpret(binary: &Path, report: StartReport, timeout: Duration) -> Result<Started, SpawnError> {
+fn interpret(
+    binary: &Path,
+    which: DaemonBinary,
+    report: StartReport,
+    timeout: Duration,
+) -> Result<Started, SpawnError> {
     let Some(line) = report.line else {
         return Err(if report.timed_out {
             SpawnError::TimedOut {
                 path: binary.to_owned(),
                 after: timeout,
-                log: sessiond_log_path(),
+                log: which.log_path(),
             }
         } else {
             SpawnError::Died {
                 path: binary.to_owned(),
                 status: report.status,
-                log: sessiond_log_path(),
+                log: which.log_path(),
             }
         });
     };
@@ -335,7 +424,12 @@ mod tests {
 
     fn outcome(script: &str, timeout: Duration) -> Result<Started, SpawnError> {
         let report = read_report(sh(script), timeout).unwrap();
-        interpret(Path::new("fake-sessiond"), report, timeout)
+        interpret(
+            Path::new("fake-sessiond"),
+            DaemonBinary::Sessiond,
+            report,
+            timeout,
+        )
     }
 
     #[test]
@@ -365,6 +459,23 @@ mod tests {
         let msg = err.to_string();
         assert!(
             msg.contains("exit status 1") && msg.contains("sessiond.log"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_broker_that_dies_points_at_its_own_log() {
+        let report = read_report(sh("exit 3"), Duration::from_secs(5)).unwrap();
+        let err = interpret(
+            Path::new("fake-broker"),
+            DaemonBinary::Broker,
+            report,
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("exit status 3") && msg.ends_with("drtrace/broker.log"),
             "{msg}"
         );
     }

@@ -35,11 +35,10 @@ fn list_u_without_applications() {
 fn list_u_refuses_a_session_name_and_the_kernel() {
     let env = TestEnv::new("list_u_refuses_a_session_name_and_the_kernel");
     env.drtrace(["list", "-u", "demo"]).fails_with(2);
-    let msg = env.drtrace(["list", "-k"]).fails();
-    assert!(
-        msg.contains("kernel tracing (-k) is not available yet"),
-        "{msg}"
-    );
+    env.drtrace(["list", "-u", "-k"]).fails_with(2);
+    env.drtrace(["list", "-k", "demo"]).fails_with(2);
+    // None of these needed a daemon.
+    assert!(!env.socket.exists());
 }
 
 #[test]

@@ -473,16 +473,33 @@ fn event_rules_with_wildcards_and_log_levels() {
 }
 
 #[test]
-fn a_domain_is_required_and_kernel_is_not_available_yet() {
-    let env = TestEnv::new("a_domain_is_required_and_kernel_is_not_available_yet");
+fn exactly_one_domain_is_required() {
+    let env = TestEnv::new("exactly_one_domain_is_required");
     let msg = env.drtrace(["enable-event", "a:b"]).fails_with(2);
-    assert!(msg.contains("-u"), "{msg}");
+    assert!(msg.contains("-u") && msg.contains("-k"), "{msg}");
     let msg = env.drtrace(["enable-channel", "c"]).fails_with(2);
-    assert!(msg.contains("-u"), "{msg}");
-    let msg = env.drtrace(["enable-event", "-k", "sched_switch"]).fails();
-    assert!(msg.contains("kernel"), "{msg}");
+    assert!(msg.contains("-u") && msg.contains("-k"), "{msg}");
+    env.drtrace(["disable-event", "sched_switch"]).fails_with(2);
+    env.drtrace(["disable-channel", "c"]).fails_with(2);
     env.drtrace(["enable-event", "-u", "-k", "a:b"])
         .fails_with(2);
-    // None of these needed the daemon.
+    // Options that only mean something for userspace are usage errors with -k.
+    for args in [
+        &["enable-event", "-k", "--loglevel", "info", "sched_switch"][..],
+        &[
+            "enable-event",
+            "-k",
+            "--loglevel-only",
+            "info",
+            "sched_switch",
+        ],
+        &["enable-channel", "-k", "--buffers-pid", "c"],
+        &["enable-channel", "-k", "--switch-timer", "10", "c"],
+    ] {
+        let msg = env.drtrace(args).fails_with(2);
+        assert!(msg.contains("-k") && msg.contains("--"), "{args:?}: {msg}");
+    }
+    // None of these needed a daemon, let alone the broker.
     assert!(!Path::new(&env.socket).exists());
+    assert!(!env.broker_dir.exists());
 }

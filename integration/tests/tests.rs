@@ -13,6 +13,7 @@ mod autospawn;
 mod cli;
 mod daemon;
 mod datapath;
+mod kernel;
 mod record;
 mod session;
 mod users;

@@ -1,6 +1,10 @@
 //! The `drtrace` commands: each turns its arguments into one or two control requests and
 //! prints the result, for people or (with `--json`) as one `{"type", "data"}` document.
 //!
+//! Requests go to the user's session daemon, or with `--system` to the root broker
+//! ([`Target`]). Whatever needs the broker (`--system`, a kernel request) starts it first when
+//! the user is root and none runs; anyone else is told how to have it started.
+//!
 //! Errors become one line, `error: <message>`, and an exit status ([`AppError::exit_code`]):
 //! 1 for failures, 2 for usage errors. `daemon status` exits 3 when no daemon runs, and
 //! `record` exits with its command's status ([`Outcome::Exited`]), 126 or 127 when the
@@ -27,7 +31,7 @@ use nix::sys::signal::Signal;
 use thiserror::Error;
 
 use crate::cli::{Cli, Command, DaemonCommand, DomainArgs};
-use crate::client::{Client, ClientError, ConnectOptions};
+use crate::client::{Client, ClientError, ConnectOptions, DaemonKind};
 use output::Printer;
 
 /// Exit status of a usage error (the same as clap's).
@@ -48,9 +52,6 @@ pub enum AppError {
     /// The arguments are not usable.
     #[error("{0}")]
     Usage(String),
-    /// A kernel-domain command.
-    #[error("kernel tracing (-k) is not available yet; use -u to trace userspace applications")]
-    KernelUnavailable,
     /// The current directory is needed to make a path absolute.
     #[error("cannot determine the current directory: {0}")]
     CurrentDir(#[source] io::Error),
@@ -248,15 +249,31 @@ fn absolute(path: &Path) -> Result<PathBuf, AppError> {
 }
 
 fn domain(args: &DomainArgs) -> Result<Domain, AppError> {
-    if args.kernel {
-        return Err(AppError::KernelUnavailable);
+    match (args.userspace, args.kernel) {
+        (true, false) => Ok(Domain::User),
+        (false, true) => Ok(Domain::Kernel),
+        _ => Err(AppError::Usage(
+            "choose one tracer domain: -u (userspace applications) or -k (the kernel)".to_owned(),
+        )),
     }
-    if !args.userspace {
-        return Err(AppError::Usage(
-            "choose a tracer domain: -u (userspace applications)".to_owned(),
-        ));
+}
+
+/// The word for a domain in messages.
+fn domain_word(domain: Domain) -> &'static str {
+    match domain {
+        Domain::User => "userspace",
+        Domain::Kernel => "kernel",
     }
-    Ok(Domain::User)
+}
+
+/// Refuses a userspace-only option on a kernel request.
+fn user_only(domain: Domain, given: bool, option: &str) -> Result<(), AppError> {
+    if domain == Domain::Kernel && given {
+        return Err(AppError::Usage(format!(
+            "{option} applies to userspace channels and events only, not to -k"
+        )));
+    }
+    Ok(())
 }
 
 /// Turns a daemon's refusal into a message a user can act on.
@@ -272,6 +289,9 @@ fn friendly(err: ClientError) -> AppError {
         ErrorCode::VersionMismatch => format!(
             "{msg}; the daemon comes from another drtrace release: restart it with 'drtrace daemon stop'"
         ),
+        // The broker's refusals (relayed by the user's daemon for kernel requests) already
+        // say who may not do what, and what would grant it.
+        ErrorCode::PermissionDenied if msg.contains(" may not ") => msg,
         ErrorCode::PermissionDenied => format!("the daemon refused the request: {msg}"),
         ErrorCode::Internal => format!("{msg} (an internal daemon error; its log has details)"),
         _ => msg,
@@ -289,14 +309,62 @@ fn output_location(dir: Option<&Path>) -> Result<OutputLocation, AppError> {
     })
 }
 
-fn connect() -> Result<Client, AppError> {
-    let opts = ConnectOptions::from_env()?;
-    Ok(Client::connect_or_spawn(&opts)?)
+/// Which daemon the commands talk to: the user's session daemon, or (`--system`) the root
+/// broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// True for the broker.
+    pub system: bool,
+}
+
+impl Target {
+    /// The daemon's kind.
+    pub fn kind(self) -> DaemonKind {
+        if self.system {
+            DaemonKind::Broker
+        } else {
+            DaemonKind::Sessiond
+        }
+    }
+
+    /// Where the daemon is and who it must be.
+    pub fn options(self) -> Result<ConnectOptions, AppError> {
+        Ok(if self.system {
+            ConnectOptions::for_broker()
+        } else {
+            ConnectOptions::from_env()?
+        })
+    }
+
+    /// Connects, starting the daemon if none runs (the broker only for root).
+    pub fn connect(self) -> Result<Client, AppError> {
+        Ok(Client::connect_or_spawn(&self.options()?)?)
+    }
+
+    /// Connects for a request that needs the kernel: the user's own daemon delegates it to
+    /// the broker, so root's command starts the broker first if none runs. (For anyone else
+    /// the daemon's answer says how to have it started.)
+    pub fn connect_for_kernel(self) -> Result<Client, AppError> {
+        if !self.system && nix::unistd::geteuid().is_root() {
+            drop(Client::connect_or_spawn(&ConnectOptions::for_broker())?);
+        }
+        self.connect()
+    }
+
+    /// Connects, through [`Target::connect_for_kernel`] if `kernel`.
+    fn connect_domain(self, domain: Domain) -> Result<Client, AppError> {
+        match domain {
+            Domain::Kernel => self.connect_for_kernel(),
+            Domain::User => self.connect(),
+        }
+    }
 }
 
 /// Runs one parsed command, printing its result to `out`.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
-    let mut p = Printer::new(out, cli.json);
+    let target = Target { system: cli.system };
+    let connect = || target.connect();
+    let mut p = Printer::new(out, cli.json, target.kind());
     match &cli.command {
         Command::Create(args) => {
             let output = output_location(args.output.as_deref())?;
@@ -310,17 +378,26 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
             p.created(&info)?;
         }
         Command::Destroy(args) => {
-            let target = if args.all {
+            let which = if args.all {
                 SessionTarget::All
             } else {
                 args.name
                     .clone()
                     .map_or(SessionTarget::Current, SessionTarget::Named)
             };
-            let list = connect()?.destroy_session(target).map_err(friendly)?;
+            let list = connect()?.destroy_session(which).map_err(friendly)?;
             p.destroyed(&list)?;
+            for info in &list {
+                p.trace_warnings(info)?;
+            }
         }
-        Command::List(args) if args.kernel => return Err(AppError::KernelUnavailable),
+        Command::List(args) if args.kernel => {
+            let events = target
+                .connect_for_kernel()?
+                .list_kernel_events()
+                .map_err(friendly)?;
+            p.kernel_events(&events)?;
+        }
         Command::List(args) if args.userspace => {
             let mut apps = connect()?.list_apps().map_err(friendly)?;
             apps.sort_by_key(|a| a.pid);
@@ -360,9 +437,13 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
                 &info,
                 &format!("Tracing stopped for session {}.", info.name),
             )?;
+            p.trace_warnings(&info)?;
         }
         Command::EnableChannel(args) => {
             let domain = domain(&args.domain)?;
+            user_only(domain, args.buffers_pid, "--buffers-pid")?;
+            user_only(domain, args.buffers_uid, "--buffers-uid")?;
+            user_only(domain, args.switch_timer.is_some(), "--switch-timer")?;
             let mut channel = ChannelConfig::new(args.name.clone(), domain);
             if let Some(size) = args.subbuf_size {
                 channel.subbuf_size = size;
@@ -379,28 +460,36 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
             if let Some(ms) = args.switch_timer {
                 channel.switch_timer_ms = ms;
             }
-            let info = connect()?
+            let info = target
+                .connect_domain(domain)?
                 .enable_channel(args.session.session.as_deref(), channel)
                 .map_err(friendly)?;
             let msg = format!(
-                "Channel {} enabled in session {} (userspace).",
-                args.name, info.name
+                "Channel {} enabled in session {} ({}).",
+                args.name,
+                info.name,
+                domain_word(domain)
             );
             p.session_changed(&info, &msg)?;
         }
         Command::DisableChannel(args) => {
             let domain = domain(&args.domain)?;
-            let info = connect()?
+            let info = target
+                .connect_domain(domain)?
                 .disable_channel(args.session.session.as_deref(), domain, &args.name)
                 .map_err(friendly)?;
             let msg = format!(
-                "Channel {} disabled in session {} (userspace).",
-                args.name, info.name
+                "Channel {} disabled in session {} ({}).",
+                args.name,
+                info.name,
+                domain_word(domain)
             );
             p.session_changed(&info, &msg)?;
         }
         Command::EnableEvent(args) => {
             let domain = domain(&args.domain)?;
+            user_only(domain, args.loglevel.is_some(), "--loglevel")?;
+            user_only(domain, args.loglevel_only.is_some(), "--loglevel-only")?;
             let loglevel = match (args.loglevel, args.loglevel_only) {
                 (Some(l), _) => Some(LogLevelFilter::AtLeast(l)),
                 (None, Some(l)) => Some(LogLevelFilter::Exactly(l)),
@@ -418,15 +507,16 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
                 })
                 .collect();
             let channel = args.channel.as_deref();
-            let info = connect()?
+            let info = target
+                .connect_domain(domain)?
                 .enable_event(args.session.session.as_deref(), channel, domain, rules)
                 .map_err(friendly)?;
-            let msg = events_message("enabled", &patterns, channel, &info.name);
+            let msg = events_message("enabled", &patterns, channel, &info.name, domain);
             p.session_changed(&info, &msg)?;
         }
         Command::DisableEvent(args) => {
             let domain = domain(&args.domain)?;
-            let client = connect()?;
+            let client = target.connect_domain(domain)?;
             let session = args.session.session.as_deref();
             let channel = args.channel.as_deref();
             let mut patterns = args.names.clone();
@@ -441,8 +531,9 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
                     .find(|c| c.config.name == wanted && c.config.domain == domain)
                     .ok_or_else(|| {
                         AppError::Daemon(format!(
-                            "session {} has no userspace channel named {wanted}",
-                            info.name
+                            "session {} has no {} channel named {wanted}",
+                            info.name,
+                            domain_word(domain)
                         ))
                     })?;
                 for rule in chan.events.iter().filter(|e| e.enabled) {
@@ -463,13 +554,13 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
             let info = client
                 .disable_event(session, channel, domain, patterns.clone())
                 .map_err(friendly)?;
-            let msg = events_message("disabled", &patterns, channel, &info.name);
+            let msg = events_message("disabled", &patterns, channel, &info.name, domain);
             p.session_changed(&info, &msg)?;
         }
-        Command::Record(args) => return record::run(args, cli.json, p.into_inner()),
-        Command::View(args) => return view::run(args, cli.json, p.into_inner()),
+        Command::Record(args) => return record::run(args, target, cli.json, p.into_inner()),
+        Command::View(args) => return view::run(args, target, cli.json, p.into_inner()),
         Command::Daemon(DaemonCommand::Status) => {
-            let opts = ConnectOptions::from_env()?;
+            let opts = target.options()?;
             match Client::connect(&opts) {
                 Err(e) if e.is_no_daemon() => {
                     p.daemon_not_running(&opts.socket)?;
@@ -480,7 +571,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
             }
         }
         Command::Daemon(DaemonCommand::Stop) => {
-            let opts = ConnectOptions::from_env()?;
+            let opts = target.options()?;
             match Client::connect(&opts) {
                 Err(e) if e.is_no_daemon() => p.daemon_stopped(None, &opts.socket)?,
                 Err(e) => return Err(e.into()),
@@ -495,7 +586,13 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, AppError> {
     Ok(Outcome::Success)
 }
 
-fn events_message(verb: &str, patterns: &[String], channel: Option<&str>, session: &str) -> String {
+fn events_message(
+    verb: &str,
+    patterns: &[String],
+    channel: Option<&str>,
+    session: &str,
+    domain: Domain,
+) -> String {
     let list = patterns
         .iter()
         .map(|p| format!("'{p}'"))
@@ -503,8 +600,9 @@ fn events_message(verb: &str, patterns: &[String], channel: Option<&str>, sessio
         .join(", ");
     let rules = if patterns.len() == 1 { "rule" } else { "rules" };
     format!(
-        "Event {rules} {list} {verb} in channel {} of session {session} (userspace).",
-        channel.unwrap_or(DEFAULT_CHANNEL)
+        "Event {rules} {list} {verb} in channel {} of session {session} ({}).",
+        channel.unwrap_or(DEFAULT_CHANNEL),
+        domain_word(domain)
     )
 }
 
@@ -571,16 +669,38 @@ mod tests {
     }
 
     #[test]
-    fn the_domain_is_required_and_kernel_is_refused() {
-        let none = DomainArgs {
-            userspace: false,
-            kernel: false,
-        };
-        assert!(matches!(domain(&none), Err(AppError::Usage(_))));
-        let kernel = DomainArgs {
-            userspace: false,
-            kernel: true,
-        };
-        assert!(matches!(domain(&kernel), Err(AppError::KernelUnavailable)));
+    fn exactly_one_domain_is_required() {
+        let args = |userspace, kernel| DomainArgs { userspace, kernel };
+        assert!(matches!(
+            domain(&args(false, false)),
+            Err(AppError::Usage(_))
+        ));
+        assert!(matches!(domain(&args(true, true)), Err(AppError::Usage(_))));
+        assert_eq!(domain(&args(true, false)).unwrap(), Domain::User);
+        assert_eq!(domain(&args(false, true)).unwrap(), Domain::Kernel);
+    }
+
+    #[test]
+    fn userspace_options_are_refused_on_kernel_requests() {
+        let err = user_only(Domain::Kernel, true, "--loglevel").unwrap_err();
+        assert!(matches!(err, AppError::Usage(_)));
+        assert!(err.to_string().contains("--loglevel"), "{err}");
+        user_only(Domain::Kernel, false, "--loglevel").unwrap();
+        user_only(Domain::User, true, "--loglevel").unwrap();
+    }
+
+    #[test]
+    fn messages_name_the_domain() {
+        let m = events_message(
+            "enabled",
+            &["sched_switch".to_owned()],
+            None,
+            "s",
+            Domain::Kernel,
+        );
+        assert_eq!(
+            m,
+            "Event rule 'sched_switch' enabled in channel channel0 of session s (kernel)."
+        );
     }
 }

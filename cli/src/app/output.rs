@@ -2,15 +2,16 @@
 //!
 //! JSON documents are `{"type": T, "data": D}` on one line; `T` names the shape of `D`
 //! (`session`, `sessions`, `destroyed`, `status`, `daemon_status`, `daemon_stopped`, `apps`,
-//! `record`), so a reader dispatches on `type` and skips types it does not know.
+//! `kernel_events`, `record`), so a reader dispatches on `type` and skips types it does not
+//! know.
 
 use std::io::{self, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use drtrace_proto::control::{
-    AppInfo, BufferMode, BufferOwnership, ChannelInfo, DaemonStatus, LogLevelFilter, SessionInfo,
-    SessionState,
+    AppInfo, BufferMode, BufferOwnership, ChannelInfo, DaemonStatus, Domain, LogLevelFilter,
+    SessionInfo, SessionState,
 };
 use drtrace_proto::event::{EventDescription, FieldType};
 use drtrace_proto::hello::DaemonInfo;
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 use super::AppError;
 use super::record::RecordDoc;
+use crate::client::DaemonKind;
 use crate::size::format_size;
 
 #[derive(Serialize)]
@@ -46,6 +48,7 @@ struct DaemonStopped<'a> {
 pub(super) struct Printer<'a> {
     out: &'a mut dyn Write,
     json: bool,
+    daemon: DaemonKind,
 }
 
 fn state_word(state: SessionState) -> &'static str {
@@ -76,6 +79,16 @@ fn channel_line(c: &ChannelInfo) -> String {
         BufferMode::Discard => "discard",
         BufferMode::Overwrite => "overwrite",
     };
+    let state = if c.enabled { "enabled" } else { "disabled" };
+    if cfg.domain == Domain::Kernel {
+        // Buffer sharing and the switch timer do not apply to the kernel's buffers.
+        return format!(
+            "{} [{state}]: {mode} mode, {} x {} sub-buffers per CPU",
+            cfg.name,
+            cfg.num_subbuf,
+            format_size(cfg.subbuf_size),
+        );
+    }
     let buffers = match cfg.buffers {
         BufferOwnership::PerUid => "per-uid",
         BufferOwnership::PerPid => "per-pid",
@@ -85,9 +98,8 @@ fn channel_line(c: &ChannelInfo) -> String {
         ms => format!("switch timer {ms} ms"),
     };
     format!(
-        "{} [{}]: {mode} mode, {buffers} buffers, {} x {} sub-buffers per CPU, {timer}",
+        "{} [{state}]: {mode} mode, {buffers} buffers, {} x {} sub-buffers per CPU, {timer}",
         cfg.name,
-        if c.enabled { "enabled" } else { "disabled" },
         cfg.num_subbuf,
         format_size(cfg.subbuf_size),
     )
@@ -124,8 +136,9 @@ fn event_line(e: &EventDescription) -> String {
 }
 
 impl<'a> Printer<'a> {
-    pub(super) fn new(out: &'a mut dyn Write, json: bool) -> Self {
-        Self { out, json }
+    /// A printer for the results of `daemon`'s requests.
+    pub(super) fn new(out: &'a mut dyn Write, json: bool, daemon: DaemonKind) -> Self {
+        Self { out, json, daemon }
     }
 
     /// The output, for commands that print more than one document or line by line.
@@ -202,23 +215,57 @@ impl<'a> Printer<'a> {
         self.line(&format!("{indent}Created: {}", ago(s.created_unix_ms)))?;
         if s.channels.is_empty() {
             return self.line(&format!(
-                "{indent}No channels yet: enable events with 'drtrace enable-event -u PATTERN'."
+                "{indent}No channels yet: enable events with 'drtrace enable-event -u PATTERN' \
+                 or 'drtrace enable-event -k EVENT'."
             ));
         }
-        self.line(&format!("{indent}Channels (userspace):"))?;
-        for c in &s.channels {
-            self.line(&format!("{indent}  {}", channel_line(c)))?;
-            if c.events.is_empty() {
-                self.line(&format!("{indent}    no event rules"))?;
+        for (domain, title) in [
+            (Domain::User, "Channels (userspace):"),
+            (Domain::Kernel, "Channel (kernel):"),
+        ] {
+            let mut channels = s.channels.iter().filter(|c| c.config.domain == domain);
+            let Some(first) = channels.next() else {
+                continue;
+            };
+            self.line(&format!("{indent}{title}"))?;
+            for c in std::iter::once(first).chain(channels) {
+                self.line(&format!("{indent}  {}", channel_line(c)))?;
+                if c.events.is_empty() {
+                    self.line(&format!("{indent}    no event rules"))?;
+                }
+                for e in &c.events {
+                    self.line(&format!(
+                        "{indent}    {} [{}]{}",
+                        e.rule.pattern,
+                        if e.enabled { "enabled" } else { "disabled" },
+                        filter_text(e.rule.loglevel)
+                    ))?;
+                }
             }
-            for e in &c.events {
-                self.line(&format!(
-                    "{indent}    {} [{}]{}",
-                    e.rule.pattern,
-                    if e.enabled { "enabled" } else { "disabled" },
-                    filter_text(e.rule.loglevel)
-                ))?;
-            }
+        }
+        Ok(())
+    }
+
+    /// After a stop or destroy: each problem the daemon reported with the trace, as one
+    /// `warning:` line on stderr (the JSON document carries them in `stats.errors`).
+    pub(super) fn trace_warnings(&mut self, s: &SessionInfo) -> Result<(), AppError> {
+        let Some(stats) = s.stats.as_ref().filter(|st| !st.errors.is_empty()) else {
+            return Ok(());
+        };
+        if self.json {
+            return Ok(());
+        }
+        // Our own output first, so that the warnings come after it in a shared terminal.
+        self.out.flush().map_err(AppError::Output)?;
+        let mut err = io::stderr().lock();
+        for e in &stats.errors {
+            // Nothing better to do if stderr is gone.
+            let _ = writeln!(
+                err,
+                "warning: session {}: {}",
+                s.name,
+                e.replace(['\n', '\r'], " ")
+            );
         }
         Ok(())
     }
@@ -239,8 +286,14 @@ impl<'a> Printer<'a> {
     fn daemon_lines(&mut self, st: &DaemonStatus) -> Result<(), AppError> {
         let d = &st.daemon;
         self.line(&format!(
-            "Daemon:  drtrace-sessiond pid {} (uid {}), drtrace {}, protocol {}.{}, up {} s",
-            d.pid, d.uid, d.version, d.major, d.minor, st.uptime_s
+            "Daemon:  {} pid {} (uid {}), drtrace {}, protocol {}.{}, up {} s",
+            self.daemon.binary_name(),
+            d.pid,
+            d.uid,
+            d.version,
+            d.major,
+            d.minor,
+            st.uptime_s
         ))?;
         self.line(&format!("Socket:  {}", st.socket.display()))?;
         if let Some(log) = &st.log_file {
@@ -298,6 +351,20 @@ impl<'a> Printer<'a> {
         Ok(())
     }
 
+    pub(super) fn kernel_events(&mut self, events: &[String]) -> Result<(), AppError> {
+        if self.json {
+            return self.doc("kernel_events", events);
+        }
+        if events.is_empty() {
+            return self.line("No kernel events are available.");
+        }
+        self.line(&format!("Kernel events ({}):", events.len()))?;
+        for e in events {
+            self.line(&format!("  {e}"))?;
+        }
+        Ok(())
+    }
+
     pub(super) fn record(&mut self, doc: &RecordDoc<'_>) -> Result<(), AppError> {
         self.doc("record", doc)
     }
@@ -328,7 +395,25 @@ impl<'a> Printer<'a> {
                 },
             );
         }
-        self.line(&format!("No daemon running (socket {}).", socket.display()))
+        self.line(&format!(
+            "No {} running (socket {}).",
+            self.daemon_word(),
+            socket.display()
+        ))
+    }
+
+    fn daemon_word(&self) -> &'static str {
+        match self.daemon {
+            DaemonKind::Sessiond => "daemon",
+            DaemonKind::Broker => "broker",
+        }
+    }
+
+    fn daemon_title(&self) -> &'static str {
+        match self.daemon {
+            DaemonKind::Sessiond => "Daemon",
+            DaemonKind::Broker => "Broker",
+        }
     }
 
     pub(super) fn daemon_stopped(
@@ -347,8 +432,8 @@ impl<'a> Printer<'a> {
             );
         }
         match info {
-            Some(d) => self.line(&format!("Daemon pid {} stopped.", d.pid)),
-            None => self.line("No daemon running."),
+            Some(d) => self.line(&format!("{} pid {} stopped.", self.daemon_title(), d.pid)),
+            None => self.line(&format!("No {} running.", self.daemon_word())),
         }
     }
 }

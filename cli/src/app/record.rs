@@ -1,7 +1,9 @@
 //! `drtrace record -- COMMAND`: one session around one command.
 //!
-//! The steps: reach the daemon, block the terminating signals ([`SignalGuard`]), create the
-//! session, enable the channel options and event rules, start, run the command with drtrace's environment
+//! The steps: reach the daemon (the broker with `--system`; for root, the broker is started
+//! first when kernel events are asked for and none runs), block the terminating signals
+//! ([`SignalGuard`]), create the session, enable the channel options and event rules (the
+//! kernel's too, with `-k`), start, run the command with drtrace's environment
 //! and standard streams (so its in-process library finds the same daemon), wait for it, then
 //! stop, destroy and summarise. Whatever fails before the command runs destroys the session
 //! again, so a failed `record` leaves nothing behind.
@@ -23,7 +25,7 @@ use serde::Serialize;
 
 use super::child::{Ending, SignalGuard, SpawnFailure};
 use super::output::Printer;
-use super::{AppError, Outcome, connect, friendly, output_location};
+use super::{AppError, Outcome, Target, friendly, output_location};
 use crate::cli::RecordArgs;
 use crate::client::{Client, ClientError, ConnectOptions};
 
@@ -87,6 +89,20 @@ fn rules(args: &RecordArgs) -> Vec<EventRule> {
         .into_iter()
         .map(|pattern| EventRule { pattern, loglevel })
         .collect()
+}
+
+/// The kernel rules of `-k EVENT` options, each once.
+fn kernel_rules(args: &RecordArgs) -> Vec<EventRule> {
+    let mut rules: Vec<EventRule> = Vec::new();
+    for pattern in &args.kernel_events {
+        if !rules.iter().any(|r| &r.pattern == pattern) {
+            rules.push(EventRule {
+                pattern: pattern.clone(),
+                loglevel: None,
+            });
+        }
+    }
+    rules
 }
 
 fn program_name(command: &[OsString]) -> String {
@@ -167,6 +183,10 @@ impl Recording {
                 client.enable_channel(session, channel_config(args))?;
             }
             client.enable_event(session, None, Domain::User, rules(args))?;
+            let kernel = kernel_rules(args);
+            if !kernel.is_empty() {
+                client.enable_event(session, None, Domain::Kernel, kernel)?;
+            }
             client.start_session(session)
         })();
         match configured {
@@ -250,14 +270,23 @@ fn summary_lines(info: &SessionInfo, program: &str, ending: Ending) -> Vec<Strin
 }
 
 /// Runs `drtrace record`.
-pub(super) fn run(args: &RecordArgs, json: bool, out: &mut dyn Write) -> Result<Outcome, AppError> {
+pub(super) fn run(
+    args: &RecordArgs,
+    target: Target,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<Outcome, AppError> {
     let program = program_name(&args.command);
     // Reaching (or starting) the daemon comes first, so that a daemon started here does not
     // inherit the mask below (std's `Command` keeps blocked signals blocked). A signal until
     // then ends drtrace the usual way, with no session to clean up. The guard comes before
     // any session exists and before any thread of ours but `connect`'s helpers, which have
     // reaped the daemon's first process by the time it returns (see the child module).
-    let client = connect()?;
+    let client = if args.kernel_events.is_empty() {
+        target.connect()?
+    } else {
+        target.connect_for_kernel()?
+    };
     let guard = SignalGuard::block().map_err(AppError::Signals)?;
     let rec = Recording::set_up(&client, args)?;
     match guard.terminating_received() {
@@ -296,7 +325,7 @@ pub(super) fn run(args: &RecordArgs, json: bool, out: &mut dyn Write) -> Result<
         let _ = writeln!(io::stderr(), "drtrace: warning: {warning}");
     }
     if json {
-        let mut p = Printer::new(out, true);
+        let mut p = Printer::new(out, true, target.kind());
         p.record(&RecordDoc {
             session: &info,
             stats: info.stats.as_ref(),
@@ -364,6 +393,25 @@ mod tests {
             == Some(LogLevelFilter::Exactly(
                 drtrace_proto::event::LogLevel::Debug
             ))));
+    }
+
+    #[test]
+    fn kernel_events_are_added_once_and_only_when_asked_for() {
+        assert!(kernel_rules(&parse(&["--", "true"])).is_empty());
+        let args = parse(&[
+            "-k",
+            "sched_switch",
+            "--kernel-event",
+            "sched:*",
+            "-k",
+            "sched_switch",
+            "--",
+            "true",
+        ]);
+        let patterns: Vec<String> = kernel_rules(&args).into_iter().map(|r| r.pattern).collect();
+        assert_eq!(patterns, ["sched_switch", "sched:*"]);
+        // The userspace default stays: -k adds kernel events to every userspace event.
+        assert_eq!(rules(&args)[0].pattern, "*");
     }
 
     #[test]

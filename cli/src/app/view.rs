@@ -27,9 +27,9 @@ use drtrace_proto::ErrorCode;
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
-use super::{AppError, Outcome, friendly};
+use super::{AppError, Outcome, Target, friendly};
 use crate::cli::ViewArgs;
-use crate::client::{Client, ClientError, ConnectOptions};
+use crate::client::{Client, ClientError, DaemonKind};
 
 /// Bytes buffered before a write to stdout.
 const BUFFER: usize = 64 << 10;
@@ -99,18 +99,25 @@ fn looks_like_path(arg: &OsStr) -> bool {
         .is_none_or(|s| s.contains('/') || s.starts_with('.'))
 }
 
-/// Where the trace of a session of the user's daemon is (`None` = the current session).
-/// Never starts a daemon: with none running there is no session to view.
-fn session_trace(name: Option<&str>) -> Result<PathBuf, AppError> {
-    let opts = ConnectOptions::from_env()?;
+/// Where the trace of a session of the user's daemon (or with `--system` the broker) is
+/// (`None` = the current session). Never starts a daemon: with none running there is no
+/// session to view.
+fn session_trace(target: Target, name: Option<&str>) -> Result<PathBuf, AppError> {
+    let opts = target.options()?;
+    let who = match target.kind() {
+        DaemonKind::Sessiond => "session daemon",
+        DaemonKind::Broker => "broker",
+    };
     let client = match Client::connect(&opts) {
         Ok(client) => client,
         Err(e) if e.is_no_daemon() => {
             return Err(AppError::View(match name {
-                Some(n) => format!(
-                    "{n} is neither a trace directory nor a session: no session daemon is running"
+                Some(n) => {
+                    format!("{n} is neither a trace directory nor a session: no {who} is running")
+                }
+                None => format!(
+                    "no current session (no {who} is running); name a trace directory: drtrace view DIR"
                 ),
-                None => "no current session (no session daemon is running); name a trace directory: drtrace view DIR".to_owned(),
             }));
         }
         Err(e) => return Err(e.into()),
@@ -135,17 +142,20 @@ fn session_trace(name: Option<&str>) -> Result<PathBuf, AppError> {
 
 /// Opens the trace `target` names: an existing path as it is, else a session's trace
 /// (`None` = the current session's).
-fn open(target: Option<&OsStr>) -> Result<Trace, AppError> {
+fn open(daemon: Target, target: Option<&OsStr>) -> Result<Trace, AppError> {
     let (path, session) = match target {
         Some(arg) if Path::new(arg).symlink_metadata().is_ok() || looks_like_path(arg) => {
             (PathBuf::from(arg), None)
         }
         Some(arg) => {
             let name = arg.to_string_lossy().into_owned();
-            let path = session_trace(Some(&name))?;
+            let path = session_trace(daemon, Some(&name))?;
             (path, Some(format!("session {name}")))
         }
-        None => (session_trace(None)?, Some("the current session".to_owned())),
+        None => (
+            session_trace(daemon, None)?,
+            Some("the current session".to_owned()),
+        ),
     };
     match (Trace::open(&path), session) {
         (Ok(trace), _) => Ok(trace),
@@ -229,8 +239,13 @@ fn print_events(
 }
 
 /// Runs `drtrace view`.
-pub(super) fn run(args: &ViewArgs, json: bool, out: &mut dyn Write) -> Result<Outcome, AppError> {
-    let trace = open(args.target.as_deref())?;
+pub(super) fn run(
+    args: &ViewArgs,
+    target: Target,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<Outcome, AppError> {
+    let trace = open(target, args.target.as_deref())?;
     let mut events = trace.events();
     print_events(&mut events, args.limit.unwrap_or(u64::MAX), json, out)?;
     let mut err = io::stderr().lock();

@@ -1,11 +1,13 @@
 //! The shared harness: real binaries, one numbered temp dir per test, bounded waits, and
 //! cleanup of every process and user a test made.
 //!
-//! - [`TestEnv`]: a temp dir with its own socket (`DRTRACE_SESSIOND_SOCKET`), traces
+//! - [`TestEnv`]: a temp dir with its own socket (`DRTRACE_SESSIOND_SOCKET`), broker
+//!   directory (`DRTRACE_BROKER_DIR`: no test ever touches `/run/drtrace`), traces
 //!   (`DRTRACE_HOME`), `HOME` and `XDG_STATE_HOME` (so daemon logs land inside it). On drop
 //!   it stops every daemon the test started (by pid, only processes that are our children
-//!   or adopted by us), deletes the users it created and removes the dir. If the test
-//!   panicked, it prints the daemon logs first.
+//!   or adopted by us), removes the tracefs instances its brokers left, deletes the users
+//!   and groups it created and removes the dir. If the test panicked, it prints the daemon
+//!   logs first.
 //! - [`TestCommand`]: one run of a binary with the test's environment, bounded by a
 //!   timeout; a run that ends unexpectedly panics with the command, cwd, environment,
 //!   stdout, stderr and daemon logs.
@@ -14,12 +16,15 @@
 //!   while it runs (signal it, watch it register); killed on drop.
 //! - [`babeltrace2`]: the reference CTF reader, required under CI.
 //! - [`demo`]: what `drtrace-demo` emits, and checks of its traces read back as text.
+//! - [`kernel`]: the root broker in tests (started with its own traces dir, log and group),
+//!   throwaway groups ([`kernel::TestGroup`]), tracefs instances, and [`kernel::require_kernel`].
 //!
 //! Daemons started with `--detach` are reparented to the test process, which is made a
 //! child subreaper: so the harness can reap them and knows exactly when they have exited,
 //! and a pid it signals can only be a process it started.
 
 pub(crate) mod demo;
+pub(crate) mod kernel;
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -49,6 +54,8 @@ pub(crate) struct Bins {
     pub(crate) drtrace: PathBuf,
     /// The per-user session daemon.
     pub(crate) sessiond: PathBuf,
+    /// The root broker.
+    pub(crate) broker: PathBuf,
     /// A raw protocol peer that skips every client-side check.
     pub(crate) peer: PathBuf,
     /// The demo program: known events in known numbers (see `demo/src/main.rs`).
@@ -79,6 +86,7 @@ pub(crate) fn bins() -> &'static Bins {
         Bins {
             drtrace: find("drtrace"),
             sessiond: find("drtrace-sessiond"),
+            broker: find("drtrace-broker"),
             peer: PathBuf::from(env!("CARGO_BIN_EXE_drtrace-test-peer")),
             demo: find("drtrace-demo"),
         }
@@ -298,6 +306,15 @@ impl Out {
     }
 }
 
+/// Who a command runs as: a test user, with its supplementary groups.
+#[derive(Debug, Clone)]
+struct RunAs {
+    uid: u32,
+    gid: u32,
+    name: String,
+    groups: Vec<u32>,
+}
+
 /// One command to run in a test's environment.
 #[derive(Debug)]
 pub(crate) struct TestCommand<'a> {
@@ -306,7 +323,7 @@ pub(crate) struct TestCommand<'a> {
     args: Vec<OsString>,
     cwd: PathBuf,
     vars: Vec<(OsString, Option<OsString>)>,
-    user: Option<(u32, u32, String)>,
+    user: Option<RunAs>,
     timeout: Duration,
 }
 
@@ -357,9 +374,15 @@ impl<'a> TestCommand<'a> {
     }
 
     /// Runs as `user`, with that user's environment (its home, state dir, trace dir and
-    /// socket) and the copies of the binaries that every user can run.
+    /// socket), its supplementary groups (as after a login) and the copies of the binaries
+    /// that every user can run.
     pub(crate) fn run_as(mut self, user: &TestUser) -> Self {
-        self.user = Some((user.uid, user.gid, user.name.clone()));
+        self.user = Some(RunAs {
+            uid: user.uid,
+            gid: user.gid,
+            name: user.name.clone(),
+            groups: user.groups.clone(),
+        });
         self.program = self.env.shared_copy(&self.program);
         self.cwd = user.home.clone();
         for (k, v) in user.vars() {
@@ -375,7 +398,22 @@ impl<'a> TestCommand<'a> {
     }
 
     fn build(&self) -> Command {
-        let mut cmd = Command::new(&self.program);
+        let mut cmd = match &self.user {
+            // std drops every supplementary group when root switches uid (and cannot set
+            // them on stable): a user with groups is switched to by setpriv, which then
+            // execs the program in the same process.
+            Some(user) if !user.groups.is_empty() => {
+                let groups: Vec<String> = user.groups.iter().map(u32::to_string).collect();
+                let mut cmd = Command::new(kernel::setpriv());
+                cmd.arg(format!("--reuid={}", user.uid))
+                    .arg(format!("--regid={}", user.gid))
+                    .arg(format!("--groups={}", groups.join(",")))
+                    .arg("--")
+                    .arg(&self.program);
+                cmd
+            }
+            _ => Command::new(&self.program),
+        };
         cmd.args(&self.args)
             .env_clear()
             .current_dir(&self.cwd)
@@ -385,9 +423,11 @@ impl<'a> TestCommand<'a> {
                 cmd.env(k, v);
             }
         }
-        if let Some((uid, gid, _)) = &self.user {
-            // std drops the supplementary groups too when root switches uid.
-            cmd.uid(*uid).gid(*gid);
+        if let Some(user) = &self.user {
+            if user.groups.is_empty() {
+                // std drops the supplementary groups too when root switches uid.
+                cmd.uid(user.uid).gid(user.gid);
+            }
         }
         cmd
     }
@@ -399,8 +439,11 @@ impl<'a> TestCommand<'a> {
             let _ = write!(s, " {}", a.to_string_lossy());
         }
         let _ = write!(s, "\ncwd: {}", self.cwd.display());
-        if let Some((uid, _, name)) = &self.user {
-            let _ = write!(s, "\nuser: {name} (uid {uid})");
+        if let Some(user) = &self.user {
+            let _ = write!(s, "\nuser: {} (uid {})", user.name, user.uid);
+            if !user.groups.is_empty() {
+                let _ = write!(s, ", supplementary groups {:?}", user.groups);
+            }
         }
         s.push_str("\nenvironment:");
         for (k, v) in &self.vars {
@@ -622,8 +665,13 @@ pub(crate) struct TestEnv {
     pub(crate) state: PathBuf,
     /// `DRTRACE_SESSIOND_SOCKET`.
     pub(crate) socket: PathBuf,
+    /// `DRTRACE_BROKER_DIR` (made by the broker that first starts there).
+    pub(crate) broker_dir: PathBuf,
     pids: Mutex<BTreeSet<i32>>,
+    /// The pids of brokers this test started (whose tracefs instances drop removes).
+    broker_pids: Mutex<BTreeSet<i32>>,
     users: Mutex<Vec<TestUser>>,
+    groups: Mutex<Vec<kernel::TestGroup>>,
     copy_lock: Mutex<()>,
     extra_sockets: Mutex<Vec<PathBuf>>,
 }
@@ -646,12 +694,15 @@ impl TestEnv {
         Self {
             name: name.to_owned(),
             socket: root.join("sessiond.sock"),
+            broker_dir: root.join("broker"),
             root,
             home,
             traces,
             state,
             pids: Mutex::new(BTreeSet::new()),
+            broker_pids: Mutex::new(BTreeSet::new()),
             users: Mutex::new(Vec::new()),
+            groups: Mutex::new(Vec::new()),
             copy_lock: Mutex::new(()),
             extra_sockets: Mutex::new(Vec::new()),
         }
@@ -666,6 +717,10 @@ impl TestEnv {
             (
                 "DRTRACE_SESSIOND_SOCKET".into(),
                 self.socket.clone().into_os_string(),
+            ),
+            (
+                "DRTRACE_BROKER_DIR".into(),
+                self.broker_dir.clone().into_os_string(),
             ),
         ];
         if let Some(path) = std::env::var_os("PATH") {
@@ -750,7 +805,8 @@ impl TestEnv {
         TRACKED.lock().unwrap().insert(pid);
     }
 
-    /// Tracks the pid in the lock file of this test's socket (and its users' sockets).
+    /// Tracks the pid in the lock file of this test's socket (and its users' sockets, and
+    /// its broker's: a broker the CLI started is tracked too).
     pub(crate) fn observe(&self) {
         let mut sockets = vec![self.socket.clone()];
         sockets.extend(self.users.lock().unwrap().iter().map(|u| u.socket.clone()));
@@ -759,6 +815,17 @@ impl TestEnv {
                 self.track(pid);
             }
         }
+        if let Some(pid) = self.broker_pid() {
+            if is_our_child(pid) {
+                self.track_broker(pid);
+            }
+        }
+    }
+
+    /// Remembers a broker pid so that drop stops it and removes what it left in tracefs.
+    pub(crate) fn track_broker(&self, pid: i32) {
+        self.track(pid);
+        self.broker_pids.lock().unwrap().insert(pid);
     }
 
     /// Our live `drtrace-sessiond` children started for this test's socket (told apart
@@ -818,7 +885,7 @@ impl TestEnv {
     pub(crate) fn user(&self, tag: &str) -> TestUser {
         // Other users must reach their homes and the shared socket dir through the root.
         std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let user = TestUser::create(self, tag);
+        let user = TestUser::create(self, tag, &[]);
         self.users.lock().unwrap().push(user.clone());
         user
     }
@@ -886,10 +953,18 @@ impl TestEnv {
         s
     }
 
-    /// Every daemon log of this test (its own and its users').
+    /// Every daemon log of this test (its own, its users' and its brokers').
     pub(crate) fn logs(&self) -> String {
         let mut logs = vec![self.daemon_log()];
         logs.extend(self.users.lock().unwrap().iter().map(TestUser::daemon_log));
+        for log in [
+            self.broker_log(),
+            self.state.join("drtrace").join("broker.log"),
+        ] {
+            if log.exists() {
+                logs.push(log);
+            }
+        }
         let mut s = String::new();
         for log in logs {
             match std::fs::read_to_string(&log) {
@@ -957,8 +1032,12 @@ impl Drop for TestEnv {
             }
         }
         reap_untracked_zombies();
+        self.remove_broker_instances();
         for user in self.users.lock().unwrap().drain(..) {
             user.delete();
+        }
+        for group in self.groups.lock().unwrap().drain(..) {
+            group.delete();
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
@@ -977,10 +1056,13 @@ pub(crate) struct TestUser {
     pub(crate) home: PathBuf,
     /// This user's socket (inside its home) unless a test points it elsewhere.
     pub(crate) socket: PathBuf,
+    /// Supplementary groups (test groups it was made a member of), which its commands get.
+    pub(crate) groups: Vec<u32>,
 }
 
 impl TestUser {
-    fn create(env: &TestEnv, tag: &str) -> Self {
+    /// Creates the user, a member of `groups` besides its own group.
+    fn create(env: &TestEnv, tag: &str, groups: &[&kernel::TestGroup]) -> Self {
         let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         // Login names are at most 32 bytes: "dt" + pid + test counter + tag initial.
         let name = format!(
@@ -989,12 +1071,16 @@ impl TestUser {
             tag.chars().next().unwrap_or('u')
         );
         let home = env.root.join(format!("home-{name}"));
-        let out = Command::new("useradd")
+        let mut useradd = Command::new("useradd");
+        useradd
             .args(["--create-home", "--home-dir"])
             .arg(&home)
-            .args(["--shell", "/bin/sh", "--user-group", &name])
-            .output()
-            .expect("run useradd");
+            .args(["--shell", "/bin/sh", "--user-group"]);
+        if !groups.is_empty() {
+            let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+            useradd.arg("--groups").arg(names.join(","));
+        }
+        let out = useradd.arg(&name).output().expect("run useradd");
         assert!(
             out.status.success(),
             "useradd {name} failed: {}",
@@ -1009,6 +1095,7 @@ impl TestUser {
             socket: home.join("sessiond.sock"),
             uid: user.uid.as_raw(),
             gid: user.gid.as_raw(),
+            groups: groups.iter().map(|g| g.gid).collect(),
             name,
             home,
         };
