@@ -115,6 +115,42 @@ fn prepare_dir(dir: &std::path::Path) -> Result<(), MainError> {
     Ok(())
 }
 
+/// How long start-up waits for stale instances to become removable: a dead broker's orphaned
+/// consumer keeps their buffers open while it drains them (it exits within a second).
+const STALE_REMOVAL_WAIT: Duration = Duration::from_secs(5);
+
+/// Removes the instances of brokers that died, waiting (bounded) for any still held open by
+/// their orphaned consumer.
+fn remove_stale_instances(tracefs: &drtrace_ftrace::tracefs::Tracefs) {
+    let deadline = std::time::Instant::now() + STALE_REMOVAL_WAIT;
+    loop {
+        match tracefs.remove_stale_instances(|id| !kernel::is_stale_instance(id)) {
+            Ok((removed, failed)) => {
+                if !removed.is_empty() {
+                    log::info!(
+                        "removed stale instances: drtrace-{}",
+                        removed.join(", drtrace-")
+                    );
+                }
+                if failed.is_empty() {
+                    return;
+                }
+                if std::time::Instant::now() >= deadline {
+                    for e in failed {
+                        log::warn!("cannot remove a stale instance: {e}");
+                    }
+                    return;
+                }
+            }
+            Err(e) => {
+                log::warn!("cannot look for stale instances: {e}");
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Takes the socket and serves until told to stop.
 pub fn run(config: Config) -> Result<(), MainError> {
     if !nix::unistd::geteuid().is_root() {
@@ -147,20 +183,7 @@ pub fn run(config: Config) -> Result<(), MainError> {
         }
     })?;
     let tracefs = kernel::open_tracefs().map_err(|e| MainError::Tracefs(e.to_string()))?;
-    match tracefs.remove_stale_instances(|id| !kernel::is_stale_instance(id)) {
-        Ok((removed, failed)) => {
-            if !removed.is_empty() {
-                log::info!(
-                    "removed stale instances: drtrace-{}",
-                    removed.join(", drtrace-")
-                );
-            }
-            for e in failed {
-                log::warn!("cannot remove a stale instance: {e}");
-            }
-        }
-        Err(e) => log::warn!("cannot look for stale instances: {e}"),
-    }
+    remove_stale_instances(&tracefs);
     let group = nix::unistd::Group::from_name(&config.group)
         .ok()
         .flatten()
@@ -192,6 +215,13 @@ pub fn run(config: Config) -> Result<(), MainError> {
         "root".to_owned(),
         AccessPolicy::Broker { group },
     );
+    engine.consumer.log_file = config
+        .log_file
+        .as_ref()
+        .map(|p| p.with_file_name("broker-consumerd.log"));
+    // Kernel buffers wake the consumer at half full; on a saturated machine a consumer at
+    // the default priority was measured to wake too late now and then and lose events.
+    engine.consumer.args = vec!["--nice".into(), "-10".into()];
     engine.log_file = config.log_file;
     engine.kernel = Some(local);
     engine.sessiond_handler = Some(handler);

@@ -22,6 +22,10 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+/// How long apps get to stop writing after their session daemon vanished (their listener sees
+/// the closed socket at once and retires the buffers after a 10 ms grace period).
+const SETTLE_BEFORE_SHUTDOWN: Duration = Duration::from_millis(200);
+
 use drtrace_daemon::signals::TerminationSignals;
 use drtrace_proto::consumer::{
     ConsumerCommand, ConsumerMessage, ConsumerReply, ConsumerRequest, KernelStreamSetup, StreamKey,
@@ -142,6 +146,7 @@ impl Service {
                         log::info!(
                             "the session daemon closed the control socket: flushing every stream and exiting"
                         );
+                        self.settle_before_shutdown();
                         self.shutdown();
                         return Ok(Exit::Closed);
                     }
@@ -493,8 +498,21 @@ impl Service {
         stats
     }
 
+    /// The session daemon is gone, but its apps write on until their listeners notice and
+    /// retire the buffers (moments later). Wait that long before the final flush, so it takes
+    /// what they wrote meanwhile instead of leaving it in memory nobody reads again.
+    fn settle_before_shutdown(&mut self) {
+        std::thread::sleep(SETTLE_BEFORE_SHUTDOWN);
+    }
+
     /// Flushes every stream (the consumer is exiting).
     fn shutdown(&mut self) {
+        // Nobody is left to say which writers died, and a writer cut off by its app's
+        // retirement of the buffers will never commit: treat every writer as possibly dead,
+        // so a sub-buffer stuck that way is released (and counted) instead of withheld.
+        for s in self.streams.values_mut() {
+            s.set_writers_died();
+        }
         self.flush(None, true);
         self.streams.clear();
         self.kernel.clear();

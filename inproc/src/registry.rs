@@ -17,6 +17,10 @@ use crate::callsite::{NO_INDEX, for_each_callsite};
 use crate::channel::{self, Channel, MAX_SLOTS};
 use crate::endpoint::Endpoint;
 
+/// How long retirement waits between turning a channel's events off and replacing its
+/// memory, for records already under way to commit (see `retire_where`).
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A channel in a slot.
 #[derive(Debug, Clone, Copy)]
 struct Live {
@@ -209,6 +213,11 @@ impl State {
             channel::take(l.slot);
         }
         self.rebuild_interest();
+        // A grace period: a thread that read the old interest just before the rebuild is
+        // finishing its record (tens of nanoseconds, unless preempted); let it commit into the
+        // shared buffer, where the reader can complete the sub-buffer, rather than into the
+        // private memory that replaces it. Only the listener thread waits here.
+        std::thread::sleep(RETIRE_GRACE);
         for l in &gone {
             l.channel.retire(|fd| self.parked.push(fd));
             crate::debug::log(format_args!(

@@ -62,6 +62,33 @@ impl Bg {
         i32::try_from(self.child.id()).unwrap()
     }
 
+    /// Spawns a demo with `--print-pid` and returns once it starts emitting: its start-up
+    /// waits for the sessions already recording, so from then on its events reach them.
+    fn spawn_emitting(env: &TestEnv, args: &[&str]) -> Self {
+        let mut all = vec!["--print-pid"];
+        all.extend_from_slice(args);
+        let mut cmd = Command::new(demo_path());
+        cmd.args(&all)
+            .env_clear()
+            .current_dir(&env.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env.base_vars() {
+            cmd.env(k, v);
+        }
+        // The default 10 ms greeting bound is for production start-up; on a loaded test
+        // machine the daemon may answer later, and this test needs the registration done.
+        cmd.env("DRTRACE_PING_TIMEOUT_MS", "5000");
+        let mut child = cmd.spawn().expect("spawn drtrace-demo");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("read the demo's pid line");
+        assert!(line.starts_with("pid "), "demo said {line:?}");
+        Self { child }
+    }
+
     /// Waits for the app to exit on its own, bounded; returns its exit code.
     fn wait(&mut self, limit: Duration) -> i32 {
         let deadline = Instant::now() + limit;
@@ -375,11 +402,11 @@ fn a_killed_daemon_hangs_no_app_and_a_new_one_is_registered_with() {
     let env = TestEnv::new("daemon_killed");
     create_all_events(&env, "s1", &[]);
     env.drtrace(["start"]).success();
-    // About 4 s of steady emission.
-    let mut app = Bg::spawn(&env, &["--iterations", "4000", "--delay-us", "1000"]);
-    wait_until(Duration::from_secs(5), "the app to register", || {
-        registered(&env, app.pid())
-    });
+    // About 4 s of steady emission, already reaching the first session.
+    let mut app = Bg::spawn_emitting(&env, &["--iterations", "4000", "--delay-us", "1000"]);
+    // Let it record into the first session for a while (events only sit in the ring buffer
+    // until a flush, so there is nothing to observe sooner).
+    std::thread::sleep(Duration::from_millis(300));
     let daemon = env.daemon_pid().expect("a daemon runs");
     kill(Pid::from_raw(daemon), Signal::SIGKILL).unwrap();
     // The app keeps running, unhindered: it is still alive a moment later.

@@ -120,12 +120,21 @@ struct Running {
     commands: smol::channel::Sender<Pending>,
 }
 
+/// How the engine starts its consumer daemon.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerConfig {
+    /// The consumer's log file; `None` logs to the daemon's stderr.
+    pub log_file: Option<PathBuf>,
+    /// More arguments (the broker asks for a higher priority with `--nice`).
+    pub args: Vec<String>,
+}
+
 /// The consumer daemon, as the daemon that spawned it sees it: spawned on first need,
 /// respawned (with every stream replayed) if it dies.
 #[derive(Debug)]
 pub struct Consumer {
     ex: Rc<LocalExecutor<'static>>,
-    log_file: Option<PathBuf>,
+    config: ConsumerConfig,
     running: RefCell<Option<Running>>,
     streams: RefCell<BTreeMap<StreamKey, StreamRecord>>,
     /// Problems reported by the consumer outside any request, until the next flush.
@@ -133,10 +142,10 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub(crate) fn new(ex: Rc<LocalExecutor<'static>>, log_file: Option<PathBuf>) -> Self {
+    pub(crate) fn new(ex: Rc<LocalExecutor<'static>>, config: ConsumerConfig) -> Self {
         Self {
             ex,
-            log_file,
+            config,
             running: RefCell::new(None),
             streams: RefCell::new(BTreeMap::new()),
             errors: RefCell::new(BTreeMap::new()),
@@ -285,17 +294,15 @@ impl Consumer {
         let mut cmd = smol::process::Command::new(&binary);
         cmd.stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null());
-        match &self.log_file {
+        match &self.config.log_file {
             Some(path) => {
-                let consumer_log = path.with_file_name("consumerd.log");
-                cmd.arg("--log-file")
-                    .arg(consumer_log)
-                    .stderr(Stdio::null());
+                cmd.arg("--log-file").arg(path).stderr(Stdio::null());
             }
             None => {
                 cmd.arg("--log-file").arg("-").stderr(Stdio::inherit());
             }
         }
+        cmd.args(&self.config.args);
         let mut child = cmd.spawn().map_err(|e| {
             WireError::new(
                 ErrorCode::Io,

@@ -54,5 +54,5 @@ mod server;
 mod sync;
 
 pub use conn::{Conn, FRAME_TIMEOUT, with_timeout};
-pub use consumer::Consumer;
+pub use consumer::{Consumer, ConsumerConfig};
 pub use server::{AccessPolicy, EngineConfig, SessiondHandler, ShutdownHook, serve};

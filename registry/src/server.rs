@@ -23,7 +23,7 @@ use smol::{Async, LocalExecutor, Timer};
 use crate::apps::{App, AppNews};
 use crate::clock::ClockSetup;
 use crate::conn::Conn;
-use crate::consumer::Consumer;
+use crate::consumer::{Consumer, ConsumerConfig};
 use crate::control;
 use crate::kernel::{Ctx, KernelBackend};
 use crate::recording::Recording;
@@ -60,8 +60,10 @@ pub struct EngineConfig {
     pub info: DaemonInfo,
     /// The socket path (for `status`).
     pub socket: PathBuf,
-    /// The log file (for `status`, and the consumer's log goes beside it).
+    /// The log file (for `status`).
     pub log_file: Option<PathBuf>,
+    /// How the consumer daemon is started.
+    pub consumer: ConsumerConfig,
     /// Prefix of default session names (`<prefix>.<uuid>`).
     pub user_name: String,
     /// Who may connect.
@@ -99,6 +101,7 @@ impl EngineConfig {
             info,
             socket,
             log_file: None,
+            consumer: ConsumerConfig::default(),
             user_name,
             access,
             kernel: None,
@@ -177,7 +180,7 @@ pub fn serve(
     let daemon = Rc::new(Daemon {
         uid: config.info.uid,
         info: config.info,
-        consumer: Rc::new(Consumer::new(Rc::clone(&ex), config.log_file.clone())),
+        consumer: Rc::new(Consumer::new(Rc::clone(&ex), config.consumer)),
         socket: config.socket,
         log_file: config.log_file,
         started: Instant::now(),

@@ -108,6 +108,10 @@ pub fn run(config: Config) -> Result<(), MainError> {
         config.detached,
     );
     let mut engine = EngineConfig::new(info, socket, user.name, AccessPolicy::Owner);
+    engine.consumer.log_file = config
+        .log_file
+        .as_ref()
+        .map(|p| p.with_file_name("consumerd.log"));
     engine.log_file = config.log_file;
     engine.kernel = Some(std::rc::Rc::new(broker_link::BrokerLink::new(user.uid)));
     drtrace_registry::serve(engine, instance, signals).map_err(MainError::Serve)?;

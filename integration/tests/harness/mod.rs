@@ -960,6 +960,9 @@ impl TestEnv {
         for log in [
             self.broker_log(),
             self.state.join("drtrace").join("broker.log"),
+            self.state.join("drtrace").join("consumerd.log"),
+            self.state.join("drtrace").join("broker-consumerd.log"),
+            self.root.join("broker-consumerd.log"),
         ] {
             if log.exists() {
                 logs.push(log);
