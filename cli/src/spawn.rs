@@ -26,9 +26,7 @@ use thiserror::Error;
 pub const SESSIOND_BIN: &str = "drtrace-sessiond";
 /// File name of the root broker binary.
 pub const BROKER_BIN: &str = "drtrace-broker";
-/// Names the broker binary root's CLI spawns. (Its place is `drtrace_proto::paths`, beside
-/// `ENV_SESSIOND_PATH`; it sits here until it moves there.)
-pub const ENV_BROKER_PATH: &str = "DRTRACE_BROKER_PATH";
+pub use drtrace_proto::paths::ENV_BROKER_PATH;
 
 /// Which daemon to find and start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -49,7 +49,7 @@ use crate::registry::State;
 use crate::sys::static_ref::StaticRef;
 
 /// Overrides the hello (ping) timeout of the start-up wait, in ms.
-pub const ENV_PING_TIMEOUT_MS: &str = "DRTRACE_PING_TIMEOUT_MS";
+pub const ENV_PING_TIMEOUT_MS: &str = drtrace_proto::paths::ENV_PING_TIMEOUT_MS;
 /// Default bound on how long start-up waits for a daemon's hello: short enough that a hung
 /// daemon costs a traced program almost nothing, long enough for a healthy daemon.
 pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_millis(10);

@@ -33,10 +33,14 @@ pub const ENV_BROKER_DIR: &str = "DRTRACE_BROKER_DIR";
 pub const ENV_HOME: &str = "DRTRACE_HOME";
 /// Names the session daemon binary the CLI spawns.
 pub const ENV_SESSIOND_PATH: &str = "DRTRACE_SESSIOND_PATH";
+/// Names the broker binary root's CLI spawns.
+pub const ENV_BROKER_PATH: &str = "DRTRACE_BROKER_PATH";
 /// Names the consumer daemon binary the session daemon spawns.
 pub const ENV_CONSUMERD_PATH: &str = "DRTRACE_CONSUMERD_PATH";
 /// Bounds how long a traced application waits for registration at start-up, in ms.
 pub const ENV_REGISTER_TIMEOUT_MS: &str = "DRTRACE_REGISTER_TIMEOUT_MS";
+/// Bounds how long a traced application waits for a daemon to answer its greeting, in ms.
+pub const ENV_PING_TIMEOUT_MS: &str = "DRTRACE_PING_TIMEOUT_MS";
 
 /// The real user of this process, from the password database.
 #[derive(Debug, Clone, PartialEq, Eq)]
