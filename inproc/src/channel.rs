@@ -393,6 +393,7 @@ pub(crate) fn take(slot: usize) -> Option<&'static Channel> {
 }
 
 /// The channel in slot `slot`.
+#[inline(always)]
 pub(crate) fn get(slot: usize) -> Option<&'static Channel> {
     // Acquire: pairs with the Release in `publish`.
     SLOTS[slot].load(Ordering::Acquire)

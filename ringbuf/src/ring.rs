@@ -131,6 +131,17 @@ pub(crate) struct Ring<B> {
     pub(crate) be: B,
 }
 
+/// Outcome of one in-place reservation attempt.
+enum Attempt<'a, B: Backend> {
+    /// Reserved.
+    Done(SlotCore<'a, B>),
+    /// Another writer moved the position first; it is now this.
+    Lost(u64),
+    /// The record does not fit in the open sub-buffer (or none is open): switch, with the
+    /// timestamp already read.
+    Switch(u64),
+}
+
 /// Outcome of the slow reservation path.
 enum Slow<'a, B: Backend> {
     Done(SlotCore<'a, B>),
@@ -218,50 +229,76 @@ impl<B: Backend> Ring<B> {
 
     /// Reserves a record of `payload_len` bytes for `id`; `None` means dropped (and
     /// counted).
-    #[inline]
+    ///
+    /// The common case, a record that fits in the open sub-buffer and wins its one
+    /// compare-and-swap, is inlined into the caller; anything else (a lost race, a
+    /// sub-buffer switch, a full buffer) goes to the out-of-line loop.
+    #[inline(always)]
     pub(crate) fn reserve(&self, id: u32, payload_len: usize) -> Option<SlotCore<'_, B>> {
+        if payload_len <= self.geo.max_payload {
+            let pos = self.be.header().write.write_pos.load(Ordering::Acquire);
+            if let Attempt::Done(slot) = self.attempt(pos, id, payload_len) {
+                return Some(slot);
+            }
+        }
+        self.reserve_loop(id, payload_len)
+    }
+
+    /// One reservation attempt at the position `pos` last seen: reads the clock (after the
+    /// load of `pos`, see `clock`), and if the record fits in the open sub-buffer, tries
+    /// the compare-and-swap once.
+    #[inline(always)]
+    fn attempt(&self, pos: u64, id: u32, payload_len: usize) -> Attempt<'_, B> {
         let geo = &self.geo;
-        if payload_len > geo.max_payload {
+        let wl = &self.be.header().write;
+        let ts = self.be.now();
+        let off = pos & geo.sub_mask;
+        let compact = id <= MAX_COMPACT_ID
+            && (ts ^ wl.last_ts.load(Ordering::Relaxed)) >> COMPACT_TS_BITS == 0;
+        let len = payload_len as u64
+            + if compact {
+                COMPACT_HEADER
+            } else {
+                EXTENDED_HEADER
+            };
+        if off == 0 || off + len >= geo.sub_size {
+            return Attempt::Switch(ts);
+        }
+        // AcqRel: acquire the previous reserver's position (and with it the slot reset it
+        // did before entering this sub-buffer); release ours the same way.
+        match wl.write_pos.compare_exchange(
+            pos,
+            pos.wrapping_add(len),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                if !compact {
+                    wl.last_ts.store(ts, Ordering::Relaxed);
+                }
+                let j = geo.slot_of(geo.subbuf_of(pos));
+                Attempt::Done(self.start_record(pos, j, id, ts, compact, payload_len))
+            }
+            Err(cur) => Attempt::Lost(cur),
+        }
+    }
+
+    /// The retry loop behind [`Ring::reserve`].
+    #[inline(never)]
+    fn reserve_loop(&self, id: u32, payload_len: usize) -> Option<SlotCore<'_, B>> {
+        if payload_len > self.geo.max_payload {
             return self.drop_event();
         }
-        let payload = payload_len as u64;
-        let wl = &self.be.header().write;
-        let mut pos = wl.write_pos.load(Ordering::Acquire);
+        let mut pos = self.be.header().write.write_pos.load(Ordering::Acquire);
         for _ in 0..MAX_TRIES {
-            let ts = self.be.now();
-            let off = pos & geo.sub_mask;
-            let compact = id <= MAX_COMPACT_ID
-                && (ts ^ wl.last_ts.load(Ordering::Relaxed)) >> COMPACT_TS_BITS == 0;
-            let len = payload
-                + if compact {
-                    COMPACT_HEADER
-                } else {
-                    EXTENDED_HEADER
-                };
-            if off != 0 && off + len < geo.sub_size {
-                // AcqRel: acquire the previous reserver's position (and with it the slot
-                // reset it did before entering this sub-buffer); release ours the same way.
-                match wl.write_pos.compare_exchange_weak(
-                    pos,
-                    pos.wrapping_add(len),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => {
-                        if !compact {
-                            wl.last_ts.store(ts, Ordering::Relaxed);
-                        }
-                        let j = geo.slot_of(geo.subbuf_of(pos));
-                        return Some(self.start_record(pos, j, id, ts, compact, payload_len));
-                    }
-                    Err(cur) => pos = cur,
-                }
-            } else {
-                match self.reserve_slow(pos, ts, id, payload_len) {
+            match self.attempt(pos, id, payload_len) {
+                Attempt::Done(slot) => return Some(slot),
+                Attempt::Lost(cur) => pos = cur,
+                Attempt::Switch(ts) => match self.reserve_slow(pos, ts, id, payload_len) {
                     Slow::Done(slot) => return Some(slot),
                     Slow::Full => return self.drop_event(),
                     Slow::Retry(cur) => pos = cur,
-                }
+                },
             }
         }
         self.drop_event()
@@ -358,7 +395,7 @@ impl<B: Backend> Ring<B> {
     }
 
     /// Writes the record header at `pos` and returns the payload slot.
-    #[inline]
+    #[inline(always)]
     fn start_record(
         &self,
         pos: u64,
@@ -393,7 +430,7 @@ impl<B: Backend> Ring<B> {
     }
 
     /// Adds `delta` to a commit word; wakes the reader if that completed the sub-buffer.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn commit(&self, word: &AtomicU64, delta: u64) {
         // Release: the record's bytes (and for the closer, content_end and ts_end) are
         // visible to the reader's acquire load that sees the sub-buffer complete. All

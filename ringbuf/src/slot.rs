@@ -27,7 +27,7 @@ pub(crate) struct SlotCore<'a, B: Backend> {
 impl<'a, B: Backend> SlotCore<'a, B> {
     /// Writes `header` at data offset `at` and returns a slot for the `payload_len` bytes
     /// after it. The caller reserved `header.len() + payload_len` bytes at `at`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn begin(
         ring: &'a Ring<B>,
         word: &'a AtomicU64,
@@ -73,7 +73,7 @@ impl<'a, B: Backend> SlotCore<'a, B> {
 }
 
 impl<B: Backend> Drop for SlotCore<'_, B> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         if self.at < self.end {
             self.ring.be.zero(self.at, self.end - self.at);

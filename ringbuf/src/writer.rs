@@ -121,7 +121,7 @@ impl Writer {
     /// the payload exceeds [`Writer::max_payload`], or the reservation lost its
     /// compare-and-swap too many times in a row. Write the payload through the returned
     /// [`Slot`]; it commits on [`Slot::commit`] or drop.
-    #[inline]
+    #[inline(always)]
     pub fn reserve(&self, event_id: u32, payload_len: usize) -> Option<Slot<'_>> {
         self.ring.reserve(event_id, payload_len).map(Slot::new)
     }
