@@ -300,12 +300,23 @@ pub struct ClockClass {
 }
 
 impl ClockClass {
-    /// Nanoseconds from the clock's origin for a clock value, computed as babeltrace2 does
-    /// (offset and value converted separately, each rounded down) but in exact integer
-    /// arithmetic; saturates at the `i64` range.
+    /// Nanoseconds from the clock's origin for a clock value, computed exactly as babeltrace2
+    /// does, so that both print the same nanosecond: offset and value converted separately,
+    /// each as `(u64)(1e9 * (double) cycles / (double) freq)` (exact when the frequency is
+    /// 1 GHz). Exact integer arithmetic would differ by one nanosecond now and then, where the
+    /// double rounds across an integer. Saturates at the `i64` range.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     pub fn ns_from_origin(&self, cycles: u64) -> i64 {
-        let freq = i128::from(self.freq.max(1));
-        let to_ns = |c: u64| i128::from(c) * 1_000_000_000 / freq;
+        let freq = self.freq.max(1);
+        let to_ns = |c: u64| -> i128 {
+            if freq == 1_000_000_000 {
+                return i128::from(c);
+            }
+            // The same double arithmetic as babeltrace2's `bt_util_ns_from_value`; the casts
+            // are its casts (a float-to-int `as` saturates, which is its overflow check).
+            let ns = (1e9 * c as f64) / freq as f64;
+            i128::from(ns as u64)
+        };
         let ns = i128::from(self.offset_s) * 1_000_000_000 + to_ns(self.offset) + to_ns(cycles);
         i64::try_from(ns).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX })
     }
@@ -412,6 +423,12 @@ mod tests {
         c.freq = 0; // treated as 1 Hz rather than dividing by zero
         c.offset_s = 0;
         assert_eq!(c.ns_from_origin(2), 3_000_000_000);
+        // A TSC clock value where babeltrace2's double arithmetic rounds up across an
+        // integer that exact arithmetic stops below (10000000078771 * 1e9 / 2299998015 is
+        // 4347829873570.99...): the reader must print what babeltrace2 prints.
+        c.freq = 2_299_998_015;
+        c.offset = 0;
+        assert_eq!(c.ns_from_origin(10_000_000_078_771), 4_347_829_873_571);
     }
 
     #[test]
