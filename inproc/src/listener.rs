@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use drtrace_proto::app::{
     APP_ABI_MAJOR, APP_ABI_MINOR, AppCommand, AppMessage, AppRegistration, AppRequest,
 };
-use drtrace_proto::client::{ConnectError, Connection};
+use drtrace_proto::client::{ConnectError, Connection, PendingHello};
 use drtrace_proto::error::{ErrorCode, WireError};
 use drtrace_proto::frame::{FrameAssembler, FrameError, MAX_FRAME_LEN, decode_json, recv_with_fds};
 use drtrace_proto::hello::Role;
@@ -93,10 +93,13 @@ const MAX_ARM_ROUNDS: usize = 16;
 /// (backoff), so a daemon that closes at once cannot make the listener spin.
 const SHORT_SESSION: Duration = Duration::from_secs(1);
 
-/// A connection the start-up made, handed to the listener.
+/// A connection the start-up made, handed to the listener: greeted, or with the greeting
+/// still unanswered when start-up stopped waiting (a slow daemon is then registered with as
+/// soon as it answers, instead of on the next attempt).
 #[derive(Debug)]
-pub(crate) struct First {
-    conn: Connection,
+pub(crate) enum First {
+    Ready(Connection),
+    Pending(PendingHello),
 }
 
 /// Start-up's attempt to reach `ep`, in the constructor's thread: the hello must complete
@@ -108,9 +111,24 @@ pub(crate) fn first_attempt(rt: &Runtime, ep: Endpoint, deadline: Instant) -> Op
     if left.is_zero() {
         return None;
     }
-    match Connection::connect(path, Role::App, *uid, left) {
-        Ok(conn) => Some(First { conn }),
-        Err(ConnectError::NoDaemon { .. }) => None,
+    let pending = match Connection::begin(path, Role::App, *uid, left) {
+        Ok(pending) => pending,
+        Err(ConnectError::NoDaemon { .. }) => return None,
+        Err(e) => {
+            crate::debug::log(format_args!("{ep} at start-up: {e}"));
+            return None;
+        }
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if !pending.answered_within(left) {
+        crate::debug::log(format_args!(
+            "{ep} at start-up: pid {} has not answered yet; going on without waiting",
+            pending.peer_pid()
+        ));
+        return Some(First::Pending(pending));
+    }
+    match pending.finish(left.max(Duration::from_millis(1))) {
+        Ok(conn) => Some(First::Ready(conn)),
         Err(e) => {
             crate::debug::log(format_args!("{ep} at start-up: {e}"));
             None
@@ -160,7 +178,8 @@ fn listen(rt: &'static Runtime, ep: Endpoint, mut first: Option<First>) {
         }
         let armed = watcher.as_mut().is_some_and(|w| w.arm(path).is_ok());
         let attempt = match first.take() {
-            Some(First { conn }) => Ok(conn),
+            Some(First::Ready(conn)) => Ok(conn),
+            Some(First::Pending(pending)) => pending.finish(HELLO_TIMEOUT),
             None => Connection::connect(path, Role::App, uid, HELLO_TIMEOUT),
         };
         let next = match attempt {

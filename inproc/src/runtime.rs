@@ -243,7 +243,9 @@ pub(crate) fn start_with(began: Instant, settings: Settings, state: State) {
     RUNTIME.store(Some(rt), Ordering::Release);
     for ep in Endpoint::ALL {
         let first = crate::listener::first_attempt(rt, ep, ping_deadline);
-        if first.is_some() {
+        // Only a daemon that answered in time is waited for; one still silent is left to
+        // the listener, without delaying start-up further.
+        if matches!(first, Some(crate::listener::First::Ready(_))) {
             rt.startup.set(ep, Phase::Registering);
         }
         let spawned = std::thread::Builder::new()

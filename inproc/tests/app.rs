@@ -298,6 +298,43 @@ fn a_hung_daemon_delays_start_up_by_the_ping_timeout_only() {
     assert!(began.elapsed() < Duration::from_secs(5));
 }
 
+/// A daemon that answers later than the ping timeout (busy, not hung) delays start-up by
+/// the ping timeout only, and is registered with on that same connection as soon as it
+/// answers: the listener keeps the greeting start-up gave up waiting for.
+#[test]
+fn a_slow_daemon_is_registered_with_on_the_first_connection() {
+    let scratch = Scratch::new();
+    // Listening, but not accepting until well after the app's ping timeout.
+    let daemon = FakeDaemon::bind(&scratch.socket());
+    let mut app = spawn_child(
+        &scratch,
+        "batches",
+        &[
+            ("DRTRACE_REGISTER_TIMEOUT_MS", "5000"),
+            ("DRTRACE_PING_TIMEOUT_MS", "10"),
+        ],
+    );
+    let line = app.expect_line("start-up done in");
+    let took = parse_duration(line.rsplit("start-up done in ").next().unwrap());
+    assert!(
+        took < Duration::from_millis(500),
+        "start-up waited: {took:?}"
+    );
+    app.expect_line("ready");
+    std::thread::sleep(Duration::from_millis(200));
+    // The first connection in the backlog is the one start-up opened: it is still the
+    // app's, and its registration follows the late welcome.
+    let mut conn = daemon.accept_from(&mut app);
+    assert_eq!(conn.reg.pid, app.pid());
+    conn.registration_done();
+    let chan = conn.start_session(3, 1, &[("it_app:hello", HELLO)]);
+    scratch.signal("go1");
+    scratch.wait_for("done1");
+    assert_eq!(hello_values(&chan), (1000..1010).collect::<Vec<_>>());
+    scratch.signal("exit");
+    app.finish();
+}
+
 /// With no daemon at all, and with a stale socket (a file nobody listens on), start-up does
 /// not wait.
 #[test]

@@ -110,6 +110,19 @@ impl Connection {
         expected_uid: u32,
         timeout: Duration,
     ) -> Result<Self, ConnectError> {
+        Self::begin(path, role, expected_uid, timeout)?.finish(timeout)
+    }
+
+    /// The first half of [`Connection::connect`]: checks the socket and its peer, connects
+    /// and sends the hello, without waiting for the answer. Lets a caller bound its own
+    /// wait tightly (an application's start-up) and hand the greeting to someone who can
+    /// wait longer (its listener thread), instead of dropping a slow daemon's connection.
+    pub fn begin(
+        path: &Path,
+        role: Role,
+        expected_uid: u32,
+        timeout: Duration,
+    ) -> Result<PendingHello, ConnectError> {
         if check_socket_file(path, expected_uid)? == SocketFile::Absent {
             return Err(ConnectError::NoDaemon {
                 path: path.to_owned(),
@@ -117,28 +130,14 @@ impl Connection {
         }
         let stream = connect_nonblocking(path, timeout)?;
         let peer = check_peer(stream.as_fd(), path, expected_uid)?;
-        let protocol = |source: FrameError| match source {
-            FrameError::TimedOut(after) => ConnectError::NotResponding {
-                path: path.to_owned(),
-                pid: Some(peer.pid),
-                after,
-            },
-            source => ConnectError::Protocol {
-                path: path.to_owned(),
-                source,
-            },
+        let pending = PendingHello {
+            stream,
+            path: path.to_owned(),
+            peer,
         };
-        send_message(&stream, &Hello::new(role), &[], timeout).map_err(protocol)?;
-        let (reply, _fds): (HelloReply, _) = recv_message(&stream, timeout).map_err(protocol)?;
-        match reply {
-            HelloReply::Welcome(daemon) => Ok(Self {
-                stream,
-                path: path.to_owned(),
-                peer,
-                daemon,
-            }),
-            HelloReply::Refused(err) => Err(ConnectError::Refused(err)),
-        }
+        send_message(&pending.stream, &Hello::new(role), &[], timeout)
+            .map_err(|e| pending.map_err(e))?;
+        Ok(pending)
     }
 
     /// Who answered.
@@ -190,17 +189,67 @@ impl Connection {
     }
 
     fn map_err(&self, source: FrameError) -> ConnectError {
-        match source {
-            FrameError::TimedOut(after) => ConnectError::NotResponding {
-                path: self.path.clone(),
-                pid: Some(self.peer.pid),
-                after,
-            },
-            source => ConnectError::Protocol {
-                path: self.path.clone(),
-                source,
-            },
+        frame_error(&self.path, self.peer.pid, source)
+    }
+}
+
+/// A connection whose hello was sent and whose answer has not been read yet.
+#[derive(Debug)]
+pub struct PendingHello {
+    stream: UnixStream,
+    path: PathBuf,
+    peer: PeerCred,
+}
+
+impl PendingHello {
+    /// Waits up to `timeout` for the answer to start arriving, without reading it: true
+    /// when [`PendingHello::finish`] can go on at once.
+    pub fn answered_within(&self, timeout: Duration) -> bool {
+        let ms = u16::try_from(timeout.as_millis().min(u128::from(u16::MAX))).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            self.stream.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)), Ok(n) if n > 0)
+    }
+
+    /// Reads the daemon's answer, within `timeout`.
+    pub fn finish(self, timeout: Duration) -> Result<Connection, ConnectError> {
+        let (reply, _fds): (HelloReply, _) =
+            recv_message(&self.stream, timeout).map_err(|e| self.map_err(e))?;
+        match reply {
+            HelloReply::Welcome(daemon) => Ok(Connection {
+                stream: self.stream,
+                path: self.path,
+                peer: self.peer,
+                daemon,
+            }),
+            HelloReply::Refused(err) => Err(ConnectError::Refused(err)),
         }
+    }
+
+    /// The peer's pid.
+    pub fn peer_pid(&self) -> i32 {
+        self.peer.pid
+    }
+
+    fn map_err(&self, source: FrameError) -> ConnectError {
+        frame_error(&self.path, self.peer.pid, source)
+    }
+}
+
+/// A frame error on a daemon connection, as the caller sees it: a timeout names the daemon.
+fn frame_error(path: &Path, pid: i32, source: FrameError) -> ConnectError {
+    match source {
+        FrameError::TimedOut(after) => ConnectError::NotResponding {
+            path: path.to_owned(),
+            pid: Some(pid),
+            after,
+        },
+        source => ConnectError::Protocol {
+            path: path.to_owned(),
+            source,
+        },
     }
 }
 

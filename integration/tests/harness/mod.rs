@@ -722,6 +722,10 @@ impl TestEnv {
                 "DRTRACE_BROKER_DIR".into(),
                 self.broker_dir.clone().into_os_string(),
             ),
+            // Tests count events exactly, so an app must register before it emits. The
+            // production bound on a daemon's greeting (10 ms, which keeps a hung daemon from
+            // delaying start-up) is shorter than a busy test machine sometimes needs.
+            ("DRTRACE_PING_TIMEOUT_MS".into(), "3000".into()),
         ];
         if let Some(path) = std::env::var_os("PATH") {
             vars.push(("PATH".into(), path));
