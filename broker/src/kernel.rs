@@ -22,9 +22,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use drtrace_ctf::metadata::{ClockInfo, Domain as CtfDomain, StreamInfo, TraceInfo};
+use drtrace_ctf::metadata::{ClockInfo, Domain as CtfDomain, StreamInfo};
 use drtrace_ftrace::ctf::{EventCatalog, KernelChannel, kernel_metadata, kernel_trace_uuid};
 use drtrace_ftrace::format::EventFormat;
 use drtrace_ftrace::tracefs::{Instance, InstanceConfig, Tracefs};
@@ -206,21 +205,13 @@ impl LocalKernel {
             id: 0,
             channel: spec.channel.name.clone(),
         };
-        let info = TraceInfo {
-            uuid: trace_uuid,
-            domain: CtfDomain::Kernel,
-            tracer_major: version_part(0),
-            tracer_minor: version_part(1),
-            tracer_patchlevel: version_part(2),
-            hostname: nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "unknown".into()),
-            trace_name: spec.session_name.clone(),
-            creation_datetime: clock::compact_utc(SystemTime::now(), "T", "+0000"),
-            extra_env: Vec::new(),
-            clock: ClockInfo::monotonic_ns(clock::boot_id(), clock::mono_to_realtime_ns()),
-        };
+        let info = drtrace_registry::trace_info(
+            trace_uuid,
+            CtfDomain::Kernel,
+            &spec.session_name,
+            Vec::new(),
+            ClockInfo::monotonic_ns(clock::boot_id(), clock::mono_to_realtime_ns()),
+        );
         let text = kernel_metadata(
             &info,
             &[KernelChannel {
@@ -394,14 +385,6 @@ fn open_read(path: PathBuf, nonblocking: bool) -> Result<OwnedFd, WireError> {
         .open(&path)
         .map(OwnedFd::from)
         .map_err(|e| io_error(format_args!("cannot open {}: {e}", path.display())))
-}
-
-fn version_part(i: usize) -> u32 {
-    env!("CARGO_PKG_VERSION")
-        .split('.')
-        .nth(i)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
 }
 
 /// True for an instance id a broker made (`<pid>-<n>`) whose broker is gone. Instances of

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use drtrace_daemon::instance::{Acquired, Instance, StartupError};
+use drtrace_daemon::instance::{Instance, StartupError};
 use drtrace_daemon::process::report_readiness;
 use drtrace_daemon::signals::TerminationSignals;
 use drtrace_proto::hello::{DaemonInfo, PROTOCOL_MAJOR, PROTOCOL_MINOR};
@@ -163,16 +163,10 @@ pub fn run(config: Config) -> Result<(), MainError> {
         .unwrap_or_else(drtrace_proto::paths::broker_dir);
     prepare_dir(&dir)?;
     let socket = dir.join(drtrace_proto::paths::BROKER_SOCKET_NAME);
-    let instance = match Instance::acquire(&socket, 0, PING_TIMEOUT)? {
-        Acquired::Owner(instance) => instance,
-        Acquired::AlreadyRunning { pid } => {
-            log::info!("already running (pid {pid}) at {}", socket.display());
-            if !config.detached {
-                eprintln!("drtrace-broker: already running (pid {pid})");
-            }
-            report_readiness(&Readiness::AlreadyRunning { pid }, config.detached);
-            return Ok(());
-        }
+    let Some(instance) =
+        Instance::acquire_or_report("drtrace-broker", &socket, 0, PING_TIMEOUT, config.detached)?
+    else {
+        return Ok(());
     };
     // Every user's apps register here; who may do what is decided per connection from its
     // credentials, so the socket itself is open to all.

@@ -170,6 +170,32 @@ impl Instance {
         }))
     }
 
+    /// [`Instance::acquire`] for a daemon's start-up: when another daemon already serves the
+    /// socket, says so (log, stderr unless `detached`, and the `running PID` readiness line)
+    /// and returns `None`, and the caller exits with success.
+    pub fn acquire_or_report(
+        program: &str,
+        socket: &Path,
+        uid: u32,
+        timeout: Duration,
+        detached: bool,
+    ) -> Result<Option<Instance>, StartupError> {
+        match Self::acquire(socket, uid, timeout)? {
+            Acquired::Owner(instance) => Ok(Some(instance)),
+            Acquired::AlreadyRunning { pid } => {
+                log::info!("already running (pid {pid}) at {}", socket.display());
+                if !detached {
+                    eprintln!("{program}: already running (pid {pid})");
+                }
+                crate::process::report_readiness(
+                    &drtrace_proto::startup::Readiness::AlreadyRunning { pid },
+                    detached,
+                );
+                Ok(None)
+            }
+        }
+    }
+
     /// The listening socket.
     pub fn listener(&self) -> &UnixListener {
         self.listener

@@ -4,6 +4,8 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use drtrace_proto::startup::Readiness;
 use nix::unistd::ForkResult;
@@ -90,4 +92,71 @@ pub fn abort_on_panic() {
         eprintln!("fatal: {info}");
         std::process::abort();
     }));
+}
+
+/// How a daemon's `main` goes on after [`start`].
+#[derive(Debug)]
+pub enum Started {
+    /// This is the daemon; the log file in use (`None` when logging to stderr).
+    Daemon(Option<PathBuf>),
+    /// Return this from `main` now (the detaching parent, or a failed start).
+    Exit(ExitCode),
+}
+
+/// The common start of every daemon's `main`: closes inherited descriptors, detaches when
+/// asked, opens the log (`log_file`, else `<state dir>/drtrace/<name>.log`, else stderr) and
+/// makes panics abort.
+///
+/// # Safety
+///
+/// Call it first thing in `main`, before any thread exists and before anything owns a
+/// descriptor above 2 (see [`close_inherited_fds`] and [`detach`]).
+pub unsafe fn start(
+    name: &'static str,
+    detach_requested: bool,
+    log_file: Option<PathBuf>,
+    level: log::LevelFilter,
+) -> Started {
+    // SAFETY: the caller calls this first thing in main: nothing owns a descriptor above 2.
+    unsafe { close_inherited_fds() };
+    if detach_requested {
+        // SAFETY: the caller guarantees that no thread exists yet.
+        match unsafe { detach() } {
+            Ok(Detached::Parent) => return Started::Exit(ExitCode::SUCCESS),
+            Ok(Detached::Daemon) => {}
+            Err(e) => {
+                eprintln!("error: cannot detach: {e}");
+                return Started::Exit(ExitCode::from(1));
+            }
+        }
+    }
+    let path = log_file
+        .or_else(|| crate::logging::default_log_file(name))
+        .unwrap_or_else(|| PathBuf::from("-"));
+    match crate::logging::init(name, &path, level) {
+        Ok(file) => {
+            abort_on_panic();
+            Started::Daemon(file)
+        }
+        Err(e) => {
+            let msg = format!("cannot open log file {}: {e}", path.display());
+            Started::Exit(fail(&msg, 1, detach_requested))
+        }
+    }
+}
+
+/// Reports why a daemon stops: in its log, on stderr when it is not detached, and as its
+/// readiness line (for a spawner still waiting); returns `code` as the exit code.
+pub fn fail(reason: &dyn std::fmt::Display, code: u8, detached: bool) -> ExitCode {
+    log::error!("{reason}");
+    if !detached {
+        eprintln!("error: {reason}");
+    }
+    report_readiness(
+        &Readiness::Failed {
+            message: reason.to_string(),
+        },
+        detached,
+    );
+    ExitCode::from(code)
 }

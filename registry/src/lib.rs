@@ -55,4 +55,5 @@ mod sync;
 
 pub use conn::{Conn, FRAME_TIMEOUT, with_timeout};
 pub use consumer::{Consumer, ConsumerConfig};
+pub use recording::trace_info;
 pub use server::{AccessPolicy, EngineConfig, SessiondHandler, ShutdownHook, serve};

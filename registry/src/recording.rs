@@ -111,18 +111,13 @@ impl BufferSet {
             .to_string_lossy()
             .into_owned();
         let trace_uuid = drtrace_ctf::metadata::trace_uuid(ctx.session.uuid, &rel);
-        let info = TraceInfo {
-            uuid: trace_uuid,
-            domain: CtfDomain::Ust,
-            tracer_major: version_part(0),
-            tracer_minor: version_part(1),
-            tracer_patchlevel: version_part(2),
-            hostname: hostname(),
-            trace_name: ctx.session.name.clone(),
-            creation_datetime: crate::clock::compact_utc(SystemTime::now(), "T", "+0000"),
+        let info = trace_info(
+            trace_uuid,
+            CtfDomain::Ust,
+            &ctx.session.name,
             extra_env,
-            clock: ctx.clock.clock_info(),
-        };
+            ctx.clock.clock_info(),
+        );
         let text = preamble(&info, &streams).map_err(|e| {
             WireError::new(ErrorCode::Internal, format!("cannot write metadata: {e}"))
         })?;
@@ -316,19 +311,37 @@ fn libc_flags() -> i32 {
     nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits()
 }
 
-fn version_part(i: usize) -> u32 {
-    env!("CARGO_PKG_VERSION")
-        .split('.')
-        .nth(i)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown".to_owned())
+/// The `trace`, `env` and `clock` facts of a new metadata file: this drtrace's version, the
+/// host's name and the time of creation around what the caller knows.
+pub fn trace_info(
+    uuid: uuid::Uuid,
+    domain: CtfDomain,
+    trace_name: &str,
+    extra_env: Vec<(String, EnvValue)>,
+    clock: drtrace_ctf::metadata::ClockInfo,
+) -> TraceInfo {
+    let version = |i: usize| -> u32 {
+        env!("CARGO_PKG_VERSION")
+            .split('.')
+            .nth(i)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    };
+    TraceInfo {
+        uuid,
+        domain,
+        tracer_major: version(0),
+        tracer_minor: version(1),
+        tracer_patchlevel: version(2),
+        hostname: nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".to_owned()),
+        trace_name: trace_name.to_owned(),
+        creation_datetime: crate::clock::compact_utc(SystemTime::now(), "T", "+0000"),
+        extra_env,
+        clock,
+    }
 }
 
 /// The directory of the per-UID set of a session.

@@ -20,7 +20,7 @@ mod broker_link;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use drtrace_daemon::instance::{Acquired, Instance, StartupError};
+use drtrace_daemon::instance::{Instance, StartupError};
 use drtrace_daemon::process::report_readiness;
 use drtrace_daemon::signals::TerminationSignals;
 use drtrace_proto::hello::{DaemonInfo, PROTOCOL_MAJOR, PROTOCOL_MINOR};
@@ -81,16 +81,15 @@ pub fn run(config: Config) -> Result<(), MainError> {
         .socket
         .clone()
         .unwrap_or_else(|| drtrace_proto::paths::sessiond_socket(&user));
-    let instance = match Instance::acquire(&socket, user.uid, PING_TIMEOUT)? {
-        Acquired::Owner(instance) => instance,
-        Acquired::AlreadyRunning { pid } => {
-            log::info!("already running (pid {pid}) at {}", socket.display());
-            if !config.detached {
-                eprintln!("drtrace-sessiond: already running (pid {pid})");
-            }
-            report_readiness(&Readiness::AlreadyRunning { pid }, config.detached);
-            return Ok(());
-        }
+    let Some(instance) = Instance::acquire_or_report(
+        "drtrace-sessiond",
+        &socket,
+        user.uid,
+        PING_TIMEOUT,
+        config.detached,
+    )?
+    else {
+        return Ok(());
     };
     let pid = std::process::id();
     log::info!("listening on {} as {}", socket.display(), user.name);

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use drtrace_daemon::process::{Detached, abort_on_panic, report_readiness};
-use drtrace_proto::startup::Readiness;
-use drtrace_sessiond::{Config, MainError, run};
+use drtrace_daemon::process::{Started, fail, start};
+use drtrace_sessiond::{Config, run};
 
 /// The drtrace per-user session daemon.
 ///
@@ -35,34 +34,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.detach {
-        // SAFETY: nothing has started a thread yet: argument parsing is single-threaded and
-        // the event loop, the only thread spawner, starts later in `run`.
-        #[allow(unsafe_code)]
-        match unsafe { drtrace_daemon::process::detach() } {
-            Ok(Detached::Parent) => return ExitCode::SUCCESS,
-            Ok(Detached::Daemon) => {}
-            Err(e) => {
-                eprintln!("error: cannot detach: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let log_path = args
-        .log_file
-        .clone()
-        .or_else(|| drtrace_daemon::logging::default_log_file("sessiond"))
-        .unwrap_or_else(|| PathBuf::from("-"));
-    let log_file = match drtrace_daemon::logging::init("sessiond", &log_path, args.log_level) {
-        Ok(file) => file,
-        Err(e) => {
-            let msg = format!("cannot open log file {}: {e}", log_path.display());
-            eprintln!("error: {msg}");
-            report_readiness(&Readiness::Failed { message: msg }, args.detach);
-            return ExitCode::from(1);
-        }
+    // SAFETY: first thing in main after argument parsing, which is single-threaded and
+    // opens no descriptor that outlives it: no thread exists and nothing owns a descriptor
+    // above 2.
+    #[allow(unsafe_code)]
+    let started = unsafe { start("sessiond", args.detach, args.log_file, args.log_level) };
+    let log_file = match started {
+        Started::Daemon(file) => file,
+        Started::Exit(code) => return code,
     };
-    abort_on_panic();
     let config = Config {
         socket: args.socket,
         log_file,
@@ -70,20 +50,6 @@ fn main() -> ExitCode {
     };
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e, args.detach),
+        Err(e) => fail(&e, e.exit_code(), args.detach),
     }
-}
-
-fn fail(e: &MainError, detached: bool) -> ExitCode {
-    log::error!("{e}");
-    if !detached {
-        eprintln!("error: {e}");
-    }
-    report_readiness(
-        &Readiness::Failed {
-            message: e.to_string(),
-        },
-        detached,
-    );
-    ExitCode::from(e.exit_code())
 }
