@@ -5,12 +5,19 @@
 //!
 //! The event loop polls `trace_pipe_raw`, which the kernel makes readable when the buffer is
 //! `buffer_percent` full (the broker sets 50), so a busy CPU is read in bursts of full pages
-//! and an idle one costs nothing. A burst ([`CpuStream::read_burst`]) reads pages with
-//! `read()` (one page per call, partial pages included) until the buffer is empty or
+//! and an idle one costs nothing. A burst ([`CpuStream::read_burst`]) moves *full* pages
+//! with `splice()` (16 per call, through a pipe: [`ReadMode::Splice`]) until none is left or
 //! [`BURST_PAGES`] were read, converts them with [`drtrace_ftrace::ctf::KernelStream`],
 //! closes the open packet, and writes every packet of the burst with one `write(2)`.
 //! Nothing is read on the timer: a buffer that never reaches `buffer_percent` is read at
 //! the next flush (as trace-cmd does).
+//!
+//! Full pages only, because the consumer is traced too when `syscalls:*` is enabled: with
+//! `read()`, which also returns the writer's partial page, a burst ended only when the
+//! buffer was empty, and each of its calls wrote a `sys_enter_read`/`sys_exit_read` pair
+//! into a buffer it was draining. Bursts ran to their page limit on pages of 5 events,
+//! a fifth of the trace was the consumer's own calls, and it cost twice trace-cmd's CPU
+//! (BENCHMARKS.md). Splice stops at the writer's page and takes 16 pages per call.
 //!
 //! A 0-byte read means "try again later", never end of file (`shared/KERNEL.md`), and
 //! [`drtrace_ftrace::reader::CpuReader`] retries it a few times. If poll said the buffer was
@@ -376,7 +383,7 @@ impl CpuStream {
             &buffer_path,
             setup.cpu,
             layout.page_size,
-            ReadMode::Read,
+            ReadMode::Splice,
         )
         .map_err(|source| KernelAddError::Buffer { key, source })?;
         let stats_file = File::from(stats);
@@ -913,13 +920,14 @@ impl CpuStream {
             error: (!problems.is_empty()).then(|| problems.join("; ")),
         };
         log::info!(
-            "kernel stream {} flushed ({}): {} packets, {} events, {} discarded, {} bytes; {} reads, {} bursts, {} spurious wake-up(s){}",
+            "kernel stream {} flushed ({}): {} packets, {} events, {} discarded, {} bytes; {} pages in {} reader calls, {} bursts, {} spurious wake-up(s){}",
             stats.key.0,
             stats.path.display(),
             stats.packets,
             stats.events,
             stats.discarded,
             stats.bytes,
+            self.reader.stats().pages,
             self.reader.stats().calls,
             self.bursts,
             self.spurious_wakeups,

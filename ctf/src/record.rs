@@ -44,6 +44,7 @@ pub enum HeaderKind {
 /// Whether a record with `id` and `timestamp` may use the compact header after a record
 /// (or packet begin) at `previous`: the id fits in 5 bits (below the marker) and the
 /// timestamp shares its bits above bit 26 with `previous`.
+#[inline]
 pub fn fits_compact(id: u32, timestamp: u64, previous: u64) -> bool {
     id <= MAX_COMPACT_ID
         && timestamp >> COMPACT_TIMESTAMP_BITS == previous >> COMPACT_TIMESTAMP_BITS
@@ -55,6 +56,7 @@ pub fn fits_compact(id: u32, timestamp: u64, previous: u64) -> bool {
 ///
 /// `previous` is the timestamp of the record written before in the same buffer, or the
 /// packet's `timestamp_begin` for its first record.
+#[inline]
 pub fn write_header(out: &mut Vec<u8>, id: u32, timestamp: u64, previous: u64) -> HeaderKind {
     if fits_compact(id, timestamp, previous) {
         let word = id | ((timestamp & COMPACT_TIMESTAMP_MASK) as u32) << 5;

@@ -32,13 +32,17 @@
 //! | `splice()`, 16 pages per call, then `read()` of the pipe | poll, 50 | 10 ms | 240–410 | 138–163 k | 1.00× |
 //! | `read()` | poll, `buffer_percent` 0 (any data) | 1.4–1.5 s | 0.7–1.1 M | 0.9–1.1 M | 20× |
 //!
-//! Woken at half full, both move nearly full pages and cost next to nothing; `splice()`
-//! saves calls but not time (the pages still have to be copied out of the pipe to be
-//! converted, so nothing is zero-copy), and it cannot return the writer's partial page.
-//! `read()` is therefore the default. Waking on any data costs 200 times more, reads 20
+//! Woken at half full, both move nearly full pages and cost next to nothing when only the
+//! scheduler is traced. The consumer nevertheless uses `splice()`: with `syscalls:*`
+//! enabled its own calls are events in the buffers it drains, and `read()` hands out the
+//! writer's partial page, so a reader that reads until the buffer is empty keeps refilling
+//! it with its own calls (`consumer/src/kernel.rs`). `splice()` stops at the writer's page
+//! and takes 16 pages per call; the pages still have to be copied out of the pipe to be
+//! converted, so nothing is zero-copy. Waking on any data costs 200 times more, reads 20
 //! times the useful bytes, and its own wake-ups add sched events to the trace: that is
 //! the blocking reader's cost in `shared/KERNEL.md`. Converting the pages to CTF costs
-//! about 120–140 ns per event on top ([`crate::ctf::KernelStream`]).
+//! about 25 ns per event on top ([`crate::ctf::KernelStream`], scheduler and system-call
+//! events, pages in cache).
 
 use std::fs::File;
 use std::io::{self, Read};

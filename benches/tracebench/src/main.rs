@@ -164,7 +164,8 @@ fn per_call(n: u64, mut f: impl FnMut(u64) -> u64) -> f64 {
     runs[runs.len() / 2]
 }
 
-/// Raw TSC reads, to compare with the ordered read the ring buffer uses (`lfence; rdtsc`).
+/// Raw TSC reads, to compare with the ordered read the ring buffer uses (`rdtscp`, in
+/// `drtrace_ringbuf::clock::read`).
 #[cfg(target_arch = "x86_64")]
 mod tsc {
     /// `rdtsc` alone: may execute before earlier loads complete.
@@ -175,8 +176,19 @@ mod tsc {
         unsafe { core::arch::x86_64::_rdtsc() }
     }
 
+    /// `lfence; rdtsc`: the other ordered read (the ring buffer's before it took `rdtscp`).
+    #[inline(always)]
+    pub(crate) fn lfence_rdtsc() -> u64 {
+        // SAFETY: lfence and rdtsc have no memory operands and no preconditions; user mode
+        // may execute rdtsc (CR4.TSD clear).
+        unsafe {
+            core::arch::x86_64::_mm_lfence();
+            core::arch::x86_64::_rdtsc()
+        }
+    }
+
     /// `rdtscp`: waits until every earlier instruction has executed (so earlier loads have
-    /// completed), the guarantee `lfence; rdtsc` gives the reserve loop.
+    /// completed): the ordered read the ring buffer uses.
     #[inline(always)]
     pub(crate) fn rdtscp() -> u64 {
         let mut aux = 0u32;
@@ -194,7 +206,7 @@ fn run_primitives(n: u64) {
     let mut rows: Vec<(&str, f64)> = vec![
         ("loop", per_call(n, |i| i)),
         (
-            "lfence+rdtsc (drtrace's clock read)",
+            "drtrace's clock read (rdtscp)",
             per_call(n, |_| clock::read(ClockSource::Tsc)),
         ),
         (
@@ -232,7 +244,8 @@ fn run_primitives(n: u64) {
     #[cfg(target_arch = "x86_64")]
     rows.extend([
         ("rdtsc alone (unordered)", per_call(n, |_| tsc::unordered())),
-        ("rdtscp", per_call(n, |_| tsc::rdtscp())),
+        ("rdtscp alone", per_call(n, |_| tsc::rdtscp())),
+        ("lfence+rdtsc", per_call(n, |_| tsc::lfence_rdtsc())),
     ]);
     for (name, ns) in rows {
         println!("{name}\t{ns:.2}");
