@@ -154,58 +154,42 @@ fn steps(fields: &[OutField]) -> (Vec<Step>, usize) {
     let mut steps: Vec<Step> = Vec::with_capacity(fields.len());
     let mut fixed_end = 0usize;
     for (i, f) in fields.iter().enumerate() {
-        let (step, end) = match f.kind {
-            FieldKind::Int(t) => (
-                Step::Copy {
-                    offset: f.offset,
-                    len: t.bytes(),
-                },
-                t.bytes(),
-            ),
-            FieldKind::Array { elem, len } => {
-                let len = elem.bytes().saturating_mul(len);
-                (
-                    Step::Copy {
-                        offset: f.offset,
-                        len,
-                    },
-                    len,
-                )
-            }
-            FieldKind::Bytes { len } => (
-                Step::Copy {
-                    offset: f.offset,
-                    len,
-                },
-                len,
-            ),
-            FieldKind::CharArray { len } => (
-                Step::CStr {
-                    offset: f.offset,
-                    len,
-                },
-                len,
-            ),
+        let offset = f.offset;
+        let step = match f.kind {
+            FieldKind::Int(t) => Step::Copy {
+                offset,
+                len: t.bytes(),
+            },
+            FieldKind::Array { elem, len } => Step::Copy {
+                offset,
+                len: elem.bytes().saturating_mul(len),
+            },
+            FieldKind::Bytes { len } => Step::Copy { offset, len },
+            FieldKind::CharArray { len } => Step::CStr { offset, len },
             FieldKind::DynString { .. }
             | FieldKind::DynArray { .. }
             | FieldKind::TrailingString
-            | FieldKind::TrailingArray { .. } => (Step::Field(i), f.size),
+            | FieldKind::TrailingArray { .. } => Step::Field(i),
         };
-        fixed_end = fixed_end.max(f.offset.saturating_add(end));
-        if let (
-            Some(Step::Copy { offset, len }),
-            Step::Copy {
-                offset: next,
-                len: more,
-            },
-        ) = (steps.last_mut(), step)
-        {
-            if offset.checked_add(*len) == Some(next) {
-                *len += more;
-                continue;
+        let len = match step {
+            Step::Copy { len, .. } | Step::CStr { len, .. } => len,
+            // The descriptor, or nothing for a trailing field.
+            Step::Field(_) => f.size,
+        };
+        // Saturating: an absurd format only makes every event take the general path.
+        fixed_end = fixed_end.max(offset.saturating_add(len));
+        match (steps.last_mut(), step) {
+            (
+                Some(Step::Copy { offset, len }),
+                Step::Copy {
+                    offset: next,
+                    len: more,
+                },
+            ) if offset.saturating_add(*len) == next => {
+                *len = len.saturating_add(more);
             }
+            _ => steps.push(step),
         }
-        steps.push(step);
     }
     (steps, fixed_end)
 }
