@@ -326,8 +326,6 @@ pub(crate) struct CpuStream {
     last: Option<Last>,
     /// The clock's value from the last `stats` read, to date a packet when none precedes.
     now_ts: Option<u64>,
-    /// The write error the stream is in, if any.
-    failure: Option<String>,
     /// A read error: the buffer is no longer read.
     read_error: Option<String>,
     /// Messages for the session daemon, sent once each.
@@ -428,7 +426,6 @@ impl CpuStream {
             newest: last,
             last,
             now_ts: first_stats.now_ts,
-            failure: None,
             read_error: None,
             unreported: Vec::new(),
             backoff: false,
@@ -735,38 +732,25 @@ impl CpuStream {
             self.give_up_pending();
             return true;
         }
-        match self.file.append(&self.out[batch.start..]) {
+        match self
+            .file
+            .write_batch(self.id.key.0, &self.out[batch.start..])
+        {
             Ok(()) => {
                 self.pending = None;
                 self.written.packets += batch.packets;
                 self.written.events += batch.events;
                 self.written.bytes += (self.out.len() - batch.start) as u64;
                 self.last = Some(batch.last);
-                if self.failure.take().is_some() {
-                    log::info!(
-                        "stream {}: writing {} again",
-                        self.id.key.0,
-                        self.file.path().display()
-                    );
-                }
                 true
             }
-            Err(e) => {
-                if self.failure.is_none() {
-                    let message = format!(
-                        "cannot write {}: {}; events are being discarded",
-                        self.file.path().display(),
-                        io_text(&e)
-                    );
-                    log::warn!("stream {}: {message}", self.id.key.0);
-                    self.unreported.push(message.clone());
-                    self.failure = Some(message);
-                }
+            Err(new_failure) => {
+                self.unreported.extend(new_failure);
                 if let Some(f) = self.flushing.as_mut() {
                     // At a flush the session is stopping: count what cannot be written
                     // rather than keep it.
                     f.giving_up = true;
-                    f.failure = self.failure.clone();
+                    f.failure = self.file.failure().map(str::to_owned);
                     self.give_up_pending();
                     return true;
                 }
@@ -878,8 +862,8 @@ impl CpuStream {
             problems.push(format!(
                 "{f}; {lost} event(s) could not be written and are counted as discarded"
             ));
-        } else if let Some(f) = &self.failure {
-            problems.push(f.clone());
+        } else if let Some(f) = self.file.failure() {
+            problems.push(f.to_owned());
         }
         if let Some(e) = &self.read_error {
             problems.push(e.clone());
@@ -1080,6 +1064,109 @@ mod tests {
 
     fn later() -> Instant {
         Instant::now() + Duration::from_secs(5)
+    }
+
+    /// A tmpfs mounted for one test, unmounted (lazily, if busy) when dropped.
+    struct SmallDisk(PathBuf);
+
+    impl SmallDisk {
+        fn mount(dir: &Path, size: &str) -> SmallDisk {
+            std::fs::create_dir_all(dir).unwrap();
+            let out = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "mount a tmpfs on {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            SmallDisk(dir.to_owned())
+        }
+
+        /// Fills the disk with a file, returning its path.
+        fn fill(&self) -> PathBuf {
+            let filler = self.0.join("filler");
+            let mut f = File::create(&filler).unwrap();
+            let block = [0u8; 4096];
+            while std::io::Write::write_all(&mut f, &block).is_ok() {}
+            filler
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_reported_once_and_its_events_counted_at_the_flush() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the disk-full test mounts a tmpfs and needs root (CI runs as root)"
+            );
+            eprintln!("skipping the disk-full test: it mounts a tmpfs and needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let disk = SmallDisk::mount(&dir.path().join("small"), "64k");
+        let cap = capture("capture");
+        let files = Files::new(&disk.0, &cap, 0);
+        let (mut s, _) = CpuStream::add(
+            setup(&cap, &EVENTS, 0, &files.stream),
+            files.fds(),
+            &mut Catalogs::default(),
+        )
+        .unwrap();
+        let filler = disk.fill();
+        let (events, _) = page_counts(&cap, 0);
+
+        // The burst's packets stay pending; the failure is reported once.
+        assert_eq!(s.read_burst(true), Drained::Blocked);
+        assert!(
+            !s.live(),
+            "a stream with pending packets reads nothing more"
+        );
+        let report = s.take_report().expect("the write failure is reported");
+        assert!(report.contains("no space left on device"), "{report}");
+        s.tick();
+        assert_eq!(s.take_report(), None, "one report per failure");
+
+        // Room again: the next tick writes them.
+        std::fs::remove_file(&filler).unwrap();
+        s.tick();
+        assert!(s.live());
+        let stats = s.flush(later(), false);
+        assert_eq!((stats.events, stats.discarded), (events, 0));
+        assert_eq!(stats.error, None);
+
+        // A stream whose disk is full at its flush: what cannot be written is counted as
+        // discarded, with the reason.
+        let files = Files::new(&disk.0, &cap, 1);
+        std::fs::write(&files.stats, stats_text(0, 0, 3)).unwrap();
+        let (mut s, _) = CpuStream::add(
+            setup(&cap, &EVENTS, 1, &files.stream),
+            files.fds(),
+            &mut Catalogs::default(),
+        )
+        .unwrap();
+        disk.fill();
+        let (events, _) = page_counts(&cap, 1);
+        let stats = s.flush(later(), true);
+        let error = stats.error.unwrap_or_default();
+        assert!(
+            error.contains("no space left on device")
+                && error.contains(&format!("{events} event(s) could not be written")),
+            "{error}"
+        );
+        assert_eq!((stats.events, stats.discarded), (0, events + 3));
     }
 
     #[test]

@@ -91,6 +91,8 @@ pub(crate) struct StreamFile {
     len: u64,
     /// A failed write may have left bytes beyond `len` that could not be truncated yet.
     dirty: bool,
+    /// The write error the file is in, if any (see [`StreamFile::write_batch`]).
+    failure: Option<String>,
 }
 
 impl StreamFile {
@@ -136,13 +138,40 @@ impl StreamFile {
             path,
             len: recovered.bytes,
             dirty: false,
+            failure: None,
         };
         Ok((out, recovered))
     }
 
-    /// The file's path, for messages.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    /// The write error the file is in (from the first failed write until one succeeds).
+    pub(crate) fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// [`StreamFile::append`] for stream `stream`, keeping the file's write health: the
+    /// first failure of an episode is logged and its message returned (`Err(Some)`) for the
+    /// caller to report; later ones return `Err(None)`; the first success after a failure
+    /// is logged.
+    pub(crate) fn write_batch(&mut self, stream: u64, bytes: &[u8]) -> Result<(), Option<String>> {
+        match self.append(bytes) {
+            Ok(()) => {
+                if self.failure.take().is_some() {
+                    log::info!("stream {stream}: writing {} again", self.path.display());
+                }
+                Ok(())
+            }
+            Err(_) if self.failure.is_some() => Err(None),
+            Err(e) => {
+                let message = format!(
+                    "cannot write {}: {}; events are being discarded",
+                    self.path.display(),
+                    crate::stream::io_text(&e)
+                );
+                log::warn!("stream {stream}: {message}");
+                self.failure = Some(message.clone());
+                Err(Some(message))
+            }
+        }
     }
 
     /// Appends one whole packet, or nothing: on failure the file is cut back to where it

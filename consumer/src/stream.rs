@@ -166,9 +166,7 @@ pub(crate) struct Stream {
     last: Option<Last>,
     /// Some writer process of this buffer died: stuck sub-buffers may be released.
     writers_died: bool,
-    /// The write error the stream is in, if any.
-    failure: Option<String>,
-    /// `failure` has not been sent to the session daemon yet.
+    /// The file's write error has not been sent to the session daemon yet.
     unreported: bool,
     /// Sub-buffers the reader found corrupt since the last flush.
     corrupt: u64,
@@ -245,7 +243,6 @@ impl Stream {
                 ts_end: c.timestamp_end,
             }),
             writers_died: false,
-            failure: None,
             unreported: false,
             corrupt: 0,
             switch_period,
@@ -321,7 +318,7 @@ impl Stream {
         if !std::mem::take(&mut self.unreported) {
             return None;
         }
-        self.failure.clone()
+        self.file.failure().map(str::to_owned)
     }
 
     /// Reads and writes up to the stream's budget of packets.
@@ -420,9 +417,9 @@ impl Stream {
                 ));
             }
         }
-        if let Some(f) = &self.failure {
+        if let Some(f) = self.file.failure() {
             if problems.is_empty() {
-                problems.push(f.clone());
+                problems.push(f.to_owned());
             }
         }
         if !complete {
@@ -601,7 +598,7 @@ impl Stream {
             self.give_up_pending();
             return true;
         }
-        match self.file.append(&self.packet) {
+        match self.file.write_batch(self.setup.key.0, &self.packet) {
             Ok(()) => {
                 self.pending = None;
                 self.written.packets += built.packets;
@@ -612,31 +609,15 @@ impl Stream {
                     discarded: built.discarded,
                     ts_end: built.ts_end,
                 });
-                if self.failure.take().is_some() {
-                    log::info!(
-                        "stream {}: writing {} again",
-                        self.setup.key.0,
-                        self.file.path().display()
-                    );
-                }
                 true
             }
-            Err(e) => {
-                if self.failure.is_none() {
-                    let message = format!(
-                        "cannot write {}: {}; events are being discarded",
-                        self.file.path().display(),
-                        io_text(&e)
-                    );
-                    log::warn!("stream {}: {message}", self.setup.key.0);
-                    self.failure = Some(message);
-                    self.unreported = true;
-                }
+            Err(new_failure) => {
+                self.unreported |= new_failure.is_some();
                 if let Some(f) = self.flushing.as_mut() {
                     // At a flush the session is stopping: count what cannot be written
                     // rather than keep it (the buffer must end the flush empty).
                     f.giving_up = true;
-                    f.failure = self.failure.clone();
+                    f.failure = self.file.failure().map(str::to_owned);
                     self.give_up_pending();
                     return true;
                 }
