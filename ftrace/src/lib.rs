@@ -104,4 +104,6 @@ pub mod ctf;
 pub mod format;
 pub mod page;
 pub mod reader;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod tracefs;

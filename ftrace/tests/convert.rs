@@ -143,40 +143,6 @@ fn drtrace_reader_sees_what_the_pages_hold() {
     }
 }
 
-/// The line babeltrace2 prints for an event decoded from the pages (with
-/// `--clock-cycles`, after the time delta).
-fn bt2_line(d: &Decoded, catalog: &EventCatalog) -> String {
-    let event = catalog.events().iter().find(|e| e.name == d.name).unwrap();
-    let mut fields: Vec<String> = Vec::new();
-    for (n, v) in &d.fields {
-        // babeltrace2 shows a sequence's length member, which the drtrace reader hides.
-        if is_sequence(&event.format, n) {
-            let len = match v {
-                Value::Bytes(b) => b.len(),
-                Value::Array(a) => a.len(),
-                other => panic!("{n} is not a sequence: {other:?}"),
-            };
-            fields.push(format!("{n}_length = {len}"));
-        }
-        fields.push(format!("{n} = {}", bt2_value(v, is_hex(&event.format, n))));
-    }
-    format!(
-        "[{:020}] testhost {}: {{ cpu_id = {} }}, {{ {} }}",
-        d.timestamp,
-        d.name,
-        d.cpu,
-        fields.join(", ")
-    )
-}
-
-/// `[123] (+45) rest` → `[123] rest`.
-fn without_delta(line: &str) -> String {
-    match (line.find("] ("), line.find(") ")) {
-        (Some(a), Some(b)) if a < b => format!("{}{}", &line[..a + 2], &line[b + 2..]),
-        _ => line.to_owned(),
-    }
-}
-
 #[test]
 fn babeltrace2_sees_what_the_pages_hold() {
     let Some(bt) = babeltrace2() else { return };

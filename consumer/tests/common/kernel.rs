@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use drtrace_ctf::metadata::{ClockInfo, Domain, StreamInfo, TraceInfo};
-use drtrace_ctf::reader::Value;
 use drtrace_ftrace::ctf::{self, EventCatalog, KernelChannel};
-use drtrace_ftrace::format::{EventFormat, FieldKind, HeaderPage};
-use drtrace_ftrace::page::Page;
+use drtrace_ftrace::format::{EventFormat, HeaderPage};
 use drtrace_ftrace::tracefs::{Instance, RealSystem, Tracefs};
 use drtrace_proto::consumer::{
     ConsumerCommand, ConsumerReply, KernelEventFormat, KernelStreamSetup, StreamKey,
@@ -72,14 +70,9 @@ pub(crate) fn stats_text(entries: u64, overrun: u64, dropped: u64) -> String {
     )
 }
 
-/// One event as the pages hold it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Expected {
-    pub(crate) cpu: u32,
-    pub(crate) timestamp: u64,
-    pub(crate) name: String,
-    pub(crate) fields: Vec<(String, Value)>,
-}
+// Each test binary (and the bench) uses a different part.
+#[allow(unused_imports)]
+pub(crate) use drtrace_ftrace::testing::{DecodedEvent as Expected, bt2_line, without_delta};
 
 /// Every event of `pages` (whole pages back to back), decoded directly with the catalog.
 pub(crate) fn expected_events(
@@ -89,21 +82,7 @@ pub(crate) fn expected_events(
     pages: &[u8],
 ) -> Vec<Expected> {
     let layout = HeaderPage::parse(header_page).unwrap().layout().unwrap();
-    let mut out = Vec::new();
-    for page in pages.chunks(layout.page_size) {
-        let page = Page::parse(&layout, page).unwrap();
-        for event in page.events() {
-            let event = event.unwrap();
-            let (ev, fields) = catalog.decode(event.data).unwrap();
-            out.push(Expected {
-                cpu,
-                timestamp: event.timestamp,
-                name: ev.name.clone(),
-                fields,
-            });
-        }
-    }
-    out
+    drtrace_ftrace::testing::decode_pages(catalog, &layout, cpu, pages.chunks(layout.page_size)).0
 }
 
 /// The session's kernel trace: `<session>/kernel`, with its metadata written for one
@@ -197,112 +176,6 @@ pub(crate) fn open_trace_pipe_raw(path: &Path) -> OwnedFd {
         .open(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .into()
-}
-
-/// Whether a field of `format` is shown in hex by babeltrace2 (pointers).
-fn is_hex(format: &EventFormat, field: &str) -> bool {
-    format
-        .common_fields
-        .iter()
-        .chain(&format.fields)
-        .find(|f| f.name == field)
-        .is_some_and(|f| match f.kind {
-            FieldKind::Int(t) => t.hex,
-            FieldKind::Array { elem, .. } | FieldKind::DynArray { elem, .. } => elem.hex,
-            _ => false,
-        })
-}
-
-/// Whether a field of `format` becomes a CTF sequence (with a length member).
-fn is_sequence(format: &EventFormat, field: &str) -> bool {
-    format
-        .common_fields
-        .iter()
-        .chain(&format.fields)
-        .find(|f| f.name == field)
-        .is_some_and(|f| {
-            matches!(
-                f.kind,
-                FieldKind::DynArray { .. } | FieldKind::TrailingArray { .. }
-            )
-        })
-}
-
-/// A value as babeltrace2's `pretty` sink prints it.
-fn bt2_value(v: &Value, hex: bool) -> String {
-    let list = |items: Vec<String>| {
-        if items.is_empty() {
-            "[ ]".to_owned()
-        } else {
-            let items: Vec<String> = items
-                .iter()
-                .enumerate()
-                .map(|(i, s)| format!("[{i}] = {s}"))
-                .collect();
-            format!("[ {} ]", items.join(", "))
-        }
-    };
-    match v {
-        Value::U64(n) if hex => format!("0x{n:X}"),
-        Value::U64(n) => n.to_string(),
-        Value::I64(n) => n.to_string(),
-        Value::Str(s) => {
-            let mut out = String::from("\"");
-            for c in s.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\t' => out.push_str("\\t"),
-                    '\r' => out.push_str("\\r"),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            out
-        }
-        Value::Bytes(b) => list(b.iter().map(|x| x.to_string()).collect()),
-        Value::Array(a) => list(a.iter().map(|x| bt2_value(x, hex)).collect()),
-        other => panic!("no babeltrace2 rendering for {other:?}"),
-    }
-}
-
-/// The line `babeltrace2 --clock-cycles` prints for `e` (without the time delta), in a
-/// trace whose hostname is `testhost`.
-pub(crate) fn bt2_line(e: &Expected, catalog: &EventCatalog) -> String {
-    let event = catalog
-        .events()
-        .iter()
-        .find(|ev| ev.name == e.name)
-        .unwrap();
-    let mut fields: Vec<String> = Vec::new();
-    for (n, v) in &e.fields {
-        // babeltrace2 shows a sequence's length member, which the drtrace reader hides.
-        if is_sequence(&event.format, n) {
-            let len = match v {
-                Value::Bytes(b) => b.len(),
-                Value::Array(a) => a.len(),
-                other => panic!("{n} is not a sequence: {other:?}"),
-            };
-            fields.push(format!("{n}_length = {len}"));
-        }
-        fields.push(format!("{n} = {}", bt2_value(v, is_hex(&event.format, n))));
-    }
-    format!(
-        "[{:020}] testhost {}: {{ cpu_id = {} }}, {{ {} }}",
-        e.timestamp,
-        e.name,
-        e.cpu,
-        fields.join(", ")
-    )
-}
-
-/// `[123] (+45) rest` → `[123] rest`.
-pub(crate) fn without_delta(line: &str) -> String {
-    match (line.find("] ("), line.find(") ")) {
-        (Some(a), Some(b)) if a < b => format!("{}{}", &line[..a + 2], &line[b + 2..]),
-        _ => line.to_owned(),
-    }
 }
 
 /// Whether this test may use the kernel: root is needed. Under CI its absence is a

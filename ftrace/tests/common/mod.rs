@@ -9,8 +9,8 @@ use std::process::Command;
 
 use drtrace_ctf::reader::Value;
 use drtrace_ftrace::ctf::EventCatalog;
-use drtrace_ftrace::format::{EventFormat, FieldKind, HeaderPage, check_header_event};
-use drtrace_ftrace::page::{LostEvents, Page, PageLayout};
+use drtrace_ftrace::format::{EventFormat, HeaderPage, check_header_event};
+use drtrace_ftrace::page::PageLayout;
 
 /// Where the captured fixtures live.
 pub(crate) fn data_dir() -> PathBuf {
@@ -96,49 +96,11 @@ pub(crate) fn split_pages(bytes: &[u8], page_size: usize) -> Vec<Vec<u8>> {
     bytes.chunks(page_size).map(<[u8]>::to_vec).collect()
 }
 
-/// One event decoded straight from the pages.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Decoded {
-    pub(crate) cpu: u32,
-    pub(crate) timestamp: u64,
-    pub(crate) name: String,
-    pub(crate) fields: Vec<(String, Value)>,
-}
-
-impl Decoded {
-    pub(crate) fn field(&self, name: &str) -> Option<&Value> {
-        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
-    }
-}
-
-/// Decodes every event of `pages`, failing on any malformed page; returns the events and
-/// the pages' lost-event reports.
-pub(crate) fn decode_pages(
-    catalog: &EventCatalog,
-    layout: &PageLayout,
-    cpu: u32,
-    pages: &[Vec<u8>],
-) -> (Vec<Decoded>, Vec<LostEvents>) {
-    let mut out = Vec::new();
-    let mut lost = Vec::new();
-    for (i, bytes) in pages.iter().enumerate() {
-        let page = Page::parse(layout, bytes).unwrap_or_else(|e| panic!("cpu {cpu} page {i}: {e}"));
-        lost.push(page.lost);
-        for event in page.events() {
-            let event = event.unwrap_or_else(|e| panic!("cpu {cpu} page {i}: {e}"));
-            let (ev, fields) = catalog
-                .decode(event.data)
-                .unwrap_or_else(|| panic!("cpu {cpu} page {i}: unknown event at {}", event.offset));
-            out.push(Decoded {
-                cpu,
-                timestamp: event.timestamp,
-                name: ev.name.clone(),
-                fields,
-            });
-        }
-    }
-    (out, lost)
-}
+// Each test binary uses a different part.
+#[allow(unused_imports)]
+pub(crate) use drtrace_ftrace::testing::{
+    DecodedEvent as Decoded, bt2_line, decode_pages, without_delta,
+};
 
 /// One line of the kernel's `trace` text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,74 +307,6 @@ pub(crate) fn assert_matches_text(decoded: &[Decoded], text: &[TextEvent]) -> us
         }
     }
     compared
-}
-
-/// Whether a field of `format` is shown in hex by babeltrace2 (pointers).
-pub(crate) fn is_hex(format: &EventFormat, field: &str) -> bool {
-    format
-        .common_fields
-        .iter()
-        .chain(&format.fields)
-        .find(|f| f.name == field)
-        .is_some_and(|f| match f.kind {
-            FieldKind::Int(t) => t.hex,
-            FieldKind::Array { elem, .. } | FieldKind::DynArray { elem, .. } => elem.hex,
-            _ => false,
-        })
-}
-
-/// Whether a field of `format` becomes a CTF sequence (with a length member).
-pub(crate) fn is_sequence(format: &EventFormat, field: &str) -> bool {
-    format
-        .common_fields
-        .iter()
-        .chain(&format.fields)
-        .find(|f| f.name == field)
-        .is_some_and(|f| {
-            matches!(
-                f.kind,
-                FieldKind::DynArray { .. } | FieldKind::TrailingArray { .. }
-            )
-        })
-}
-
-/// A value as babeltrace2's `pretty` sink prints it.
-pub(crate) fn bt2_value(v: &Value, hex: bool) -> String {
-    match v {
-        Value::U64(n) if hex => format!("0x{n:X}"),
-        Value::U64(n) => n.to_string(),
-        Value::I64(n) => n.to_string(),
-        Value::Str(s) => {
-            let mut out = String::from("\"");
-            for c in s.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\t' => out.push_str("\\t"),
-                    '\r' => out.push_str("\\r"),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            out
-        }
-        Value::Bytes(b) => bt2_list(b.iter().map(|x| x.to_string())),
-        Value::Array(a) => bt2_list(a.iter().map(|x| bt2_value(x, hex))),
-        other => panic!("no babeltrace2 rendering for {other:?}"),
-    }
-}
-
-fn bt2_list(items: impl Iterator<Item = String>) -> String {
-    let items: Vec<String> = items
-        .enumerate()
-        .map(|(i, s)| format!("[{i}] = {s}"))
-        .collect();
-    if items.is_empty() {
-        "[ ]".into()
-    } else {
-        format!("[ {} ]", items.join(", "))
-    }
 }
 
 /// The babeltrace2 binary, or `None` with the reason printed; under CI a missing
