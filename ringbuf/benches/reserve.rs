@@ -149,7 +149,7 @@ mod bench {
         black_box(acc);
         println!(
             "{:<52} {:6.1} ns/op",
-            "(reference: clock::read(Tsc), lfence + rdtsc)",
+            "(reference: clock::read(Tsc), rdtscp)",
             t.elapsed().as_nanos() as f64 / n as f64
         );
     }

@@ -5,9 +5,8 @@
 //!
 //! # Ordering
 //!
-//! [`read`] is an *ordered* read: on x86_64 the TSC read is preceded by `lfence`, so it
-//! cannot execute before the load of the write position that precedes it in the reserve
-//! loop. That is what makes "reserve order == timestamp order" hold across CPUs: a writer
+//! [`read`] is an *ordered* read: on x86_64 `rdtscp`, which cannot execute before the load
+//! of the write position that precedes it in the reserve loop. That is what makes "reserve order == timestamp order" hold across CPUs: a writer
 //! whose compare-and-swap follows another's has loaded that other's position, and only then
 //! reads the clock. (CLOCK_MONOTONIC in the vDSO already orders its own TSC read.)
 //!
