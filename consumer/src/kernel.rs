@@ -79,7 +79,7 @@ use drtrace_proto::error::ErrorCode;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use thiserror::Error;
 
-use crate::output::{FileError, Recovered, StreamFile};
+use crate::output::{FileError, FlushWrites, Recovered, StreamFile};
 use crate::stream::{Drained, SEQ_OFFSET, io_text};
 
 /// Pages one burst may read before its packets are written and other streams get a turn:
@@ -267,17 +267,6 @@ struct Totals {
     bytes: u64,
 }
 
-/// Progress of a flush.
-#[derive(Debug, Default)]
-struct FlushProgress {
-    /// Writes failed during this flush: packets are counted as discarded, not retried.
-    giving_up: bool,
-    /// Events counted as discarded by the consumer before this flush.
-    lost_before: u64,
-    /// The write error that made this flush give up.
-    failure: Option<String>,
-}
-
 /// The converter's problem counters at the last flush, to report what is new.
 #[derive(Debug, Clone, Copy, Default)]
 struct Reported {
@@ -337,7 +326,7 @@ pub(crate) struct CpuStream {
     bursts: u64,
     stats_error_logged: bool,
     reported: Reported,
-    flushing: Option<FlushProgress>,
+    flushing: Option<FlushWrites>,
 }
 
 impl CpuStream {
@@ -728,7 +717,7 @@ impl CpuStream {
         let Some(batch) = self.pending else {
             return true;
         };
-        if self.flushing.as_ref().is_some_and(|f| f.giving_up) {
+        if self.flushing.as_ref().is_some_and(FlushWrites::giving_up) {
             self.give_up_pending();
             return true;
         }
@@ -747,10 +736,7 @@ impl CpuStream {
             Err(new_failure) => {
                 self.unreported.extend(new_failure);
                 if let Some(f) = self.flushing.as_mut() {
-                    // At a flush the session is stopping: count what cannot be written
-                    // rather than keep it.
-                    f.giving_up = true;
-                    f.failure = self.file.failure().map(str::to_owned);
+                    f.give_up(&self.file);
                     self.give_up_pending();
                     return true;
                 }
@@ -800,10 +786,7 @@ impl CpuStream {
     /// (until `deadline`), writes everything and the final lost count, and returns what
     /// the stream holds.
     pub(crate) fn flush(&mut self, deadline: Instant, remove: bool) -> StreamStats {
-        self.flushing = Some(FlushProgress {
-            lost_before: self.consumer_lost,
-            ..FlushProgress::default()
-        });
+        self.flushing = Some(FlushWrites::new(self.consumer_lost));
         self.backoff = false;
         self.write_pending();
         let mut complete = true;
@@ -845,26 +828,21 @@ impl CpuStream {
             }
         }
         self.write_final_packet();
-        let progress = self.flushing.take().unwrap_or_default();
-        self.flush_stats(progress, complete, counters)
+        let writes = self.flushing.take();
+        self.flush_stats(writes, complete, counters)
     }
 
     /// The stats of a flush; `counters`: the converter's, if it ran during it.
     fn flush_stats(
         &mut self,
-        progress: FlushProgress,
+        writes: Option<FlushWrites>,
         complete: bool,
         counters: Option<StreamCounters>,
     ) -> StreamStats {
-        let mut problems = Vec::new();
-        let lost = self.consumer_lost - progress.lost_before;
-        if let Some(f) = &progress.failure {
-            problems.push(format!(
-                "{f}; {lost} event(s) could not be written and are counted as discarded"
-            ));
-        } else if let Some(f) = self.file.failure() {
-            problems.push(f.to_owned());
-        }
+        let mut problems: Vec<String> =
+            FlushWrites::problem(writes.as_ref(), &self.file, self.consumer_lost)
+                .into_iter()
+                .collect();
         if let Some(e) = &self.read_error {
             problems.push(e.clone());
         }

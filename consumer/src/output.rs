@@ -82,6 +82,57 @@ pub(crate) struct Recovered {
     pub(crate) last: Option<PacketContext>,
 }
 
+/// The writes of one flush. A flush happens because the session is stopping, so once a
+/// write fails during it, what cannot be written is counted as discarded rather than kept
+/// for a retry that will not come.
+#[derive(Debug, Default)]
+pub(crate) struct FlushWrites {
+    /// A write failed during this flush: give up on what is pending.
+    giving_up: bool,
+    /// Events the consumer had counted as discarded before the flush.
+    lost_before: u64,
+    /// The write error that made the flush give up.
+    failure: Option<String>,
+}
+
+impl FlushWrites {
+    /// A flush beginning with `lost_before` events already counted as discarded.
+    pub(crate) fn new(lost_before: u64) -> Self {
+        Self {
+            lost_before,
+            ..Self::default()
+        }
+    }
+
+    /// True once a write failed during this flush.
+    pub(crate) fn giving_up(&self) -> bool {
+        self.giving_up
+    }
+
+    /// A write to `file` failed: the rest of the flush gives up too.
+    pub(crate) fn give_up(&mut self, file: &StreamFile) {
+        self.giving_up = true;
+        self.failure = file.failure().map(str::to_owned);
+    }
+
+    /// The write problem the flush reports, `lost_now` being the consumer's discarded
+    /// count now: the failure that made it give up and what that cost, or (when it did
+    /// not give up) the failure `file` is still in.
+    pub(crate) fn problem(
+        writes: Option<&Self>,
+        file: &StreamFile,
+        lost_now: u64,
+    ) -> Option<String> {
+        match writes.and_then(|w| w.failure.as_deref().map(|f| (f, w.lost_before))) {
+            Some((failure, lost_before)) => Some(format!(
+                "{failure}; {} event(s) could not be written and are counted as discarded",
+                lost_now - lost_before
+            )),
+            None => file.failure().map(str::to_owned),
+        }
+    }
+}
+
 /// An open stream file whose length is known to end on a packet boundary.
 #[derive(Debug)]
 pub(crate) struct StreamFile {

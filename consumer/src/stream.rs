@@ -25,7 +25,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use thiserror::Error;
 
-use crate::output::{FileError, Recovered, StreamFile};
+use crate::output::{FileError, FlushWrites, Recovered, StreamFile};
 
 /// File sequence number of a ring packet: ring number + 1; 0 is the baseline packet's.
 pub(crate) const SEQ_OFFSET: u64 = 1;
@@ -131,12 +131,7 @@ struct FlushProgress {
     after: u64,
     /// Newest `timestamp_end` read since the flush began.
     newest_end: u64,
-    /// Writes failed during this flush: packets are counted as discarded, not retried.
-    giving_up: bool,
-    /// Events counted as discarded by the consumer before this flush.
-    lost_before: u64,
-    /// The write error that made this flush give up.
-    failure: Option<String>,
+    writes: FlushWrites,
 }
 
 /// One per-CPU buffer and its stream file.
@@ -373,9 +368,7 @@ impl Stream {
         self.flushing = Some(FlushProgress {
             after,
             newest_end: 0,
-            giving_up: false,
-            lost_before: self.consumer_lost,
-            failure: None,
+            writes: FlushWrites::new(self.consumer_lost),
         });
     }
 
@@ -408,20 +401,13 @@ impl Stream {
     pub(crate) fn finish_flush(&mut self, complete: bool) -> StreamStats {
         let progress = self.flushing.take();
         self.write_final_packet();
-        let mut problems = Vec::new();
-        if let Some(p) = &progress {
-            let lost = self.consumer_lost - p.lost_before;
-            if let Some(f) = &p.failure {
-                problems.push(format!(
-                    "{f}; {lost} event(s) could not be written and are counted as discarded"
-                ));
-            }
-        }
-        if let Some(f) = self.file.failure() {
-            if problems.is_empty() {
-                problems.push(f.to_owned());
-            }
-        }
+        let mut problems: Vec<String> = FlushWrites::problem(
+            progress.as_ref().map(|p| &p.writes),
+            &self.file,
+            self.consumer_lost,
+        )
+        .into_iter()
+        .collect();
         if !complete {
             problems.push(
                 "flush incomplete: a sub-buffer still waits for a writer to finish its record"
@@ -594,7 +580,7 @@ impl Stream {
         let Some(built) = self.pending else {
             return true;
         };
-        if self.flushing.as_ref().is_some_and(|f| f.giving_up) {
+        if self.flushing.as_ref().is_some_and(|f| f.writes.giving_up()) {
             self.give_up_pending();
             return true;
         }
@@ -614,10 +600,8 @@ impl Stream {
             Err(new_failure) => {
                 self.unreported |= new_failure.is_some();
                 if let Some(f) = self.flushing.as_mut() {
-                    // At a flush the session is stopping: count what cannot be written
-                    // rather than keep it (the buffer must end the flush empty).
-                    f.giving_up = true;
-                    f.failure = self.file.failure().map(str::to_owned);
+                    // The buffer must end the flush empty.
+                    f.writes.give_up(&self.file);
                     self.give_up_pending();
                     return true;
                 }
