@@ -85,6 +85,8 @@ pub mod metadata;
 pub mod packet;
 pub mod reader;
 pub mod record;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod text;
 pub mod tsdl;
 

@@ -17,6 +17,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use drtrace_ctf::metadata::{self, ClockInfo, Domain, StreamInfo, TraceInfo};
+// Not every test binary checks with babeltrace2.
+#[allow(unused_imports)]
+pub(crate) use drtrace_ctf::testing::babeltrace2;
 use drtrace_proto::consumer::{
     ConsumerCommand, ConsumerMessage, ConsumerReply, ConsumerRequest, StreamKey, StreamSetup,
     StreamStats,
@@ -486,27 +489,6 @@ pub(crate) fn file_stats(dir: &Path) -> Vec<(String, u64, u64, u64)> {
             (name, s.events, s.events_discarded, lost)
         })
         .collect()
-}
-
-/// The babeltrace2 binary, or `None` (with the reason printed) outside CI.
-pub(crate) fn babeltrace2() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("babeltrace2"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "babeltrace2 was not found: apt-get install babeltrace2"
-        );
-        eprintln!(
-            "skipping the babeltrace2 check: babeltrace2 was not found (apt-get install babeltrace2)"
-        );
-    }
-    found
 }
 
 /// What babeltrace2 made of a trace.

@@ -9,6 +9,9 @@ use std::process::Command;
 use drtrace_ctf::metadata::{self, ClockInfo, Domain, EnvValue, StreamInfo, TraceInfo};
 use drtrace_ctf::packet::{PacketContext, PacketHeader, write_packet};
 use drtrace_ctf::record::{FieldValue, HeaderKind, write_record};
+// Not every test binary checks with babeltrace2.
+#[allow(unused_imports)]
+pub(crate) use drtrace_ctf::testing::babeltrace2;
 use drtrace_proto::event::{EventDescription, FieldDescription, FieldType, LogLevel};
 use uuid::Uuid;
 
@@ -188,26 +191,6 @@ impl StreamBuilder {
         self.seq += n;
         self
     }
-}
-
-/// The babeltrace2 binary, or `None` with the reason printed. Under CI, a missing
-/// babeltrace2 is a failure: the agreement tests must run there.
-pub(crate) fn babeltrace2() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("babeltrace2"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "babeltrace2 was not found: apt-get install babeltrace2 is needed to run the CTF agreement tests"
-        );
-        eprintln!("skipping: babeltrace2 was not found (apt-get install babeltrace2)");
-    }
-    found
 }
 
 /// Runs `babeltrace2 <dir>` in UTC and returns its stdout lines and its stderr; panics with

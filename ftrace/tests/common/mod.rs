@@ -98,6 +98,8 @@ pub(crate) fn split_pages(bytes: &[u8], page_size: usize) -> Vec<Vec<u8>> {
 
 // Each test binary uses a different part.
 #[allow(unused_imports)]
+pub(crate) use drtrace_ctf::testing::babeltrace2;
+#[allow(unused_imports)]
 pub(crate) use drtrace_ftrace::testing::{
     DecodedEvent as Decoded, bt2_line, decode_pages, without_delta,
 };
@@ -307,28 +309,6 @@ pub(crate) fn assert_matches_text(decoded: &[Decoded], text: &[TextEvent]) -> us
         }
     }
     compared
-}
-
-/// The babeltrace2 binary, or `None` with the reason printed; under CI a missing
-/// babeltrace2 is a failure.
-pub(crate) fn babeltrace2() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|d| d.join("babeltrace2"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "babeltrace2 was not found: apt-get install babeltrace2"
-        );
-        eprintln!(
-            "skipping the babeltrace2 check: babeltrace2 was not found (apt-get install babeltrace2)"
-        );
-    }
-    found
 }
 
 /// `babeltrace2 --clock-cycles <dir>` lines; panics with stdout and stderr on failure.

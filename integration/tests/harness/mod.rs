@@ -38,6 +38,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+// Not every test binary checks with babeltrace2.
+#[allow(unused_imports)]
+pub(crate) use drtrace_ctf::testing::babeltrace2;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
@@ -618,25 +621,6 @@ pub(crate) fn wait_for<T>(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The babeltrace2 binary, or `None` with the reason printed. Under CI a missing
-/// babeltrace2 is a failure: the agreement tests must run there.
-pub(crate) fn babeltrace2() -> Option<PathBuf> {
-    let found = which("babeltrace2").or_else(|| {
-        let p = PathBuf::from("/usr/bin/babeltrace2");
-        p.is_file().then_some(p)
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "babeltrace2 was not found: apt-get install babeltrace2 (needed to check traces under CI)"
-        );
-        eprintln!(
-            "skipping the babeltrace2 checks: babeltrace2 was not found (apt-get install babeltrace2)"
-        );
-    }
-    found
 }
 
 /// What a detached daemon start reported.
