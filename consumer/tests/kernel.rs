@@ -37,22 +37,8 @@ fn flushed(reply: ConsumerReply, c: &Consumerd) -> Vec<StreamStats> {
 /// `babeltrace2 --clock-cycles` over `dir`: its event lines (without time deltas) and
 /// its stderr; `None` when babeltrace2 is missing (outside CI).
 fn babeltrace2_lines(dir: &Path) -> Option<(Vec<String>, String)> {
-    let bt = babeltrace2()?;
-    let out = Command::new(bt)
-        .arg("--clock-cycles")
-        .arg(dir)
-        .env("TZ", "UTC")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success() && !stderr.contains("ERROR"),
-        "babeltrace2 {} failed ({}):\n{stderr}",
-        dir.display(),
-        out.status
-    );
-    Some((stdout.lines().map(without_delta).collect(), stderr))
+    let (lines, stderr) = run_babeltrace2_cycles(&babeltrace2()?, dir);
+    Some((lines.iter().map(|l| without_delta(l)).collect(), stderr))
 }
 
 #[test]

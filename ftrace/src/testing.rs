@@ -1,13 +1,18 @@
 //! Test support (feature `test-support`): ftrace events decoded straight from their pages,
 //! and the line babeltrace2 prints for each, so that tests of this crate and of the
 //! consumer can check a converted trace against babeltrace2 without a second converter.
-//! These helpers panic on bad input: they are for fixtures, not for data from outside.
+//! Also the guards kernel tests share. These helpers panic on bad input: they are for
+//! fixtures, not for data from outside.
+
+use std::path::Path;
+use std::process::Command;
 
 use drtrace_ctf::reader::Value;
 
 use crate::ctf::EventCatalog;
 use crate::format::{EventFormat, FieldKind};
 use crate::page::{LostEvents, Page, PageLayout};
+use crate::tracefs::Instance;
 
 /// One event decoded straight from the pages.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,5 +168,61 @@ fn bt2_list(items: impl Iterator<Item = String>) -> String {
         "[ ]".into()
     } else {
         format!("[ {} ]", items.join(", "))
+    }
+}
+
+/// `babeltrace2 --clock-cycles <dir>` in UTC (`bt`: the binary): its stdout lines and its
+/// stderr; panics with both if it fails or reports an error.
+pub fn run_babeltrace2_cycles(bt: &Path, dir: &Path) -> (Vec<String>, String) {
+    let out = Command::new(bt)
+        .arg("--clock-cycles")
+        .arg(dir)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bt.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success() && !stderr.contains("ERROR"),
+        "babeltrace2 {} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        dir.display(),
+        out.status
+    );
+    (stdout.lines().map(str::to_owned).collect(), stderr)
+}
+
+/// Whether a kernel test may run: root is needed. Under CI (`CI` set) its absence is a
+/// failure naming what is missing; elsewhere the test is skipped with the reason.
+pub fn have_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root (to mount tracefs and create ftrace instances); CI runs as root"
+    );
+    eprintln!("skipping {test}: needs root to mount tracefs and create ftrace instances");
+    false
+}
+
+/// Removes an instance when dropped, on success and failure alike. Drop it after its
+/// readers; a reader still closing gets two seconds.
+#[derive(Debug)]
+pub struct InstanceGuard(pub Instance);
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            match self.0.remove() {
+                Ok(()) => return,
+                Err(e) => {
+                    if !self.0.path().exists() {
+                        return;
+                    }
+                    eprintln!("removing {}: {e}", self.0.name());
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
     }
 }

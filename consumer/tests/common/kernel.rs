@@ -11,7 +11,7 @@ use std::sync::Arc;
 use drtrace_ctf::metadata::{ClockInfo, Domain, StreamInfo, TraceInfo};
 use drtrace_ftrace::ctf::{self, EventCatalog, KernelChannel};
 use drtrace_ftrace::format::{EventFormat, HeaderPage};
-use drtrace_ftrace::tracefs::{Instance, RealSystem, Tracefs};
+use drtrace_ftrace::tracefs::{RealSystem, Tracefs};
 use drtrace_proto::consumer::{
     ConsumerCommand, ConsumerReply, KernelEventFormat, KernelStreamSetup, StreamKey,
 };
@@ -72,7 +72,10 @@ pub(crate) fn stats_text(entries: u64, overrun: u64, dropped: u64) -> String {
 
 // Each test binary (and the bench) uses a different part.
 #[allow(unused_imports)]
-pub(crate) use drtrace_ftrace::testing::{DecodedEvent as Expected, bt2_line, without_delta};
+pub(crate) use drtrace_ftrace::testing::{
+    DecodedEvent as Expected, InstanceGuard, bt2_line, have_root, run_babeltrace2_cycles,
+    without_delta,
+};
 
 /// Every event of `pages` (whole pages back to back), decoded directly with the catalog.
 pub(crate) fn expected_events(
@@ -178,20 +181,6 @@ pub(crate) fn open_trace_pipe_raw(path: &Path) -> OwnedFd {
         .into()
 }
 
-/// Whether this test may use the kernel: root is needed. Under CI its absence is a
-/// failure naming what is missing; elsewhere the test is skipped with the reason.
-pub(crate) fn have_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root (to mount tracefs and create ftrace instances); CI runs as root"
-    );
-    eprintln!("skipping {test}: needs root to mount tracefs and create ftrace instances");
-    false
-}
-
 /// The system's tracefs, mounted for the test if it was not; unmounted on drop only then.
 pub(crate) struct TracefsGuard {
     pub(crate) fs: Option<Tracefs>,
@@ -216,27 +205,6 @@ impl Drop for TracefsGuard {
             let root = fs.root().to_owned();
             if let Err(e) = fs.unmount() {
                 eprintln!("unmount {}: {e}", root.display());
-            }
-        }
-    }
-}
-
-/// Removes an instance when dropped, on success and failure alike (once its readers are
-/// closed: drop it after the consumer and the descriptors).
-pub(crate) struct InstanceGuard(pub(crate) Instance);
-
-impl Drop for InstanceGuard {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            match self.0.remove() {
-                Ok(()) => return,
-                Err(e) => {
-                    if !self.0.path().exists() {
-                        return;
-                    }
-                    eprintln!("removing {}: {e}", self.0.name());
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
             }
         }
     }

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use drtrace_ctf::reader::Value;
 use drtrace_ftrace::ctf::EventCatalog;
@@ -101,7 +100,8 @@ pub(crate) fn split_pages(bytes: &[u8], page_size: usize) -> Vec<Vec<u8>> {
 pub(crate) use drtrace_ctf::testing::babeltrace2;
 #[allow(unused_imports)]
 pub(crate) use drtrace_ftrace::testing::{
-    DecodedEvent as Decoded, bt2_line, decode_pages, without_delta,
+    DecodedEvent as Decoded, InstanceGuard, bt2_line, decode_pages, have_root,
+    run_babeltrace2_cycles, without_delta,
 };
 
 /// One line of the kernel's `trace` text.
@@ -311,39 +311,6 @@ pub(crate) fn assert_matches_text(decoded: &[Decoded], text: &[TextEvent]) -> us
     compared
 }
 
-/// `babeltrace2 --clock-cycles <dir>` lines; panics with stdout and stderr on failure.
-pub(crate) fn run_babeltrace2(bt: &Path, dir: &Path) -> Vec<String> {
-    let out = Command::new(bt)
-        .arg("--clock-cycles")
-        .arg(dir)
-        .env("TZ", "UTC")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success() && !stderr.contains("ERROR"),
-        "babeltrace2 {} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        dir.display(),
-        out.status
-    );
-    stdout.lines().map(str::to_owned).collect()
-}
-
-/// Whether this test may use the kernel: root is needed. Under CI its absence is a
-/// failure naming what is missing; elsewhere the test is skipped with the reason.
-pub(crate) fn have_root(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root (to mount tracefs and create ftrace instances); CI runs as root"
-    );
-    eprintln!("skipping {test}: needs root to mount tracefs and create ftrace instances");
-    false
-}
-
 /// A private tracefs mount for one test: mounted on a temporary directory and unmounted
 /// on drop, so tests never unmount a tracefs someone else relies on.
 pub(crate) struct PrivateTracefs {
@@ -384,23 +351,7 @@ impl Drop for PrivateTracefs {
     }
 }
 
-/// Removes an instance when dropped, on success and failure alike.
-pub(crate) struct InstanceGuard(pub(crate) drtrace_ftrace::tracefs::Instance);
-
-impl Drop for InstanceGuard {
-    fn drop(&mut self) {
-        // Readers must be closed by now; retry briefly in case one is still closing.
-        for _ in 0..50 {
-            match self.0.remove() {
-                Ok(()) => return,
-                Err(e) => {
-                    if !self.0.path().exists() {
-                        return;
-                    }
-                    eprintln!("removing {}: {e}", self.0.name());
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
-        }
-    }
+/// `babeltrace2 --clock-cycles <dir>` lines; panics with stdout and stderr on failure.
+pub(crate) fn run_babeltrace2(bt: &Path, dir: &Path) -> Vec<String> {
+    run_babeltrace2_cycles(bt, dir).0
 }
